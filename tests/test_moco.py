@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from common.moco import MoCo, check_queue_size
+
+
+def tiny_moco(queue_size=12, dim=4, momentum=0.9):
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, dim))
+    return MoCo(encoder, dim=dim, queue_size=queue_size, momentum=momentum, temperature=0.2)
+
+
+def test_logits_and_labels():
+    moco = tiny_moco()
+    logits, labels = moco(torch.randn(3, 6), torch.randn(3, 6))
+    assert logits.shape == (3, 1 + 12)
+    assert labels.shape == (3,) and labels.dtype == torch.long and (labels == 0).all()
+    # the positive logit is q.k / tau with both L2-normalised, so it is bounded by 1 / tau
+    assert logits.abs().max() <= 1 / 0.2 + 1e-5
+
+
+def test_positive_is_first_and_uses_key_encoder():
+    moco = tiny_moco()
+    x = torch.randn(3, 6)
+    logits, _ = moco(x, x)  # identical views: the key encoder is still a copy of the query encoder
+    assert torch.allclose(logits[:, 0], torch.full((3,), 1 / 0.2), atol=1e-4)
+
+
+def test_queue_wraps_around():
+    moco = tiny_moco(queue_size=12)
+    keys = []
+    for step in range(5):  # 5 batches of 3 into a queue of 12: pointer 3, 6, 9, 0, 3
+        x = torch.randn(3, 6)
+        moco(torch.randn(3, 6), x)
+        with torch.no_grad():
+            keys.append(nn.functional.normalize(moco.encoder_k(x), dim=1))
+        assert int(moco.queue_ptr) == 3 * (step + 1) % 12
+    # the 5th batch overwrote slots 0..2, slots 3..11 hold batches 2..4
+    assert torch.allclose(moco.queue[:, 0:3].T, keys[4], atol=1e-6)
+    assert torch.allclose(moco.queue[:, 3:6].T, keys[1], atol=1e-6)
+    assert torch.allclose(moco.queue[:, 9:12].T, keys[3], atol=1e-6)
+
+
+def test_key_encoder_follows_momentum_rule():
+    moco = tiny_moco(momentum=0.9)
+    with torch.no_grad():  # make query and key encoders differ
+        for p in moco.encoder_q.parameters():
+            p.add_(1.0)
+    before_q = [p.clone() for p in moco.encoder_q.parameters()]
+    before_k = [p.clone() for p in moco.encoder_k.parameters()]
+    moco(torch.randn(3, 6), torch.randn(3, 6))
+    for q, k0, k1 in zip(before_q, before_k, moco.encoder_k.parameters()):
+        assert torch.allclose(k1, 0.9 * k0 + 0.1 * q, atol=1e-6)
+    assert all(not p.requires_grad for p in moco.encoder_k.parameters())
+
+
+def test_gradient_reaches_query_encoder_only():
+    moco = tiny_moco()
+    logits, labels = moco(torch.randn(3, 6), torch.randn(3, 6))
+    nn.functional.cross_entropy(logits, labels).backward()
+    assert all(p.grad is not None for p in moco.encoder_q.parameters())
+    assert all(p.grad is None for p in moco.encoder_k.parameters())
+
+
+def test_queue_size_must_be_divisible_by_global_batch():
+    check_queue_size(65536, 128)
+    with pytest.raises(ValueError, match="--queue-size 100 is not divisible by the global batch size 8"):
+        check_queue_size(100, 8)
