@@ -1,0 +1,379 @@
+"""Video clips from files: PyAV reading, clip sampling, list files, and bad-file accounting.
+
+Data flow: list file -> [(path, label)] -> VideoClipDataset -> uint8 clips (T, H, W, 3) on CPU
+workers; augmentation and normalisation happen later, batched on the device.
+
+Frame indices are 0-based positions in display order, computed from timestamps, so the reader
+assumes a constant frame rate (true for the datasets used in the thesis once transcoded).
+"""
+import csv
+import os
+import sys
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+
+
+class VideoReadError(RuntimeError):
+    """A video file that cannot be opened or decoded, or lacks the requested frames."""
+
+
+# Errors PyAV and the OS raise for unreadable files (av.FFmpegError covers corrupt/empty input).
+_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
+
+
+# ============ reading frames ============
+
+def _open_video(path):
+    """(container, stream, rate, time_base, start) for the first video stream of `path`."""
+    container = av.open(str(path))
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame + slice threads: several times faster for h264
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        container.close()
+        raise VideoReadError(f"{path}: unknown frame rate")
+    return container, stream, Fraction(rate), stream.time_base, stream.start_time or 0
+
+
+def _output_size(width, height, short_side):
+    """(width, height) with the shorter side resized to `short_side`, aspect ratio kept."""
+    if short_side is None or min(width, height) == short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    if width <= height:
+        return short_side, round(height * scale)
+    return round(width * scale), short_side
+
+
+def _decode_range(path, wanted, seek_to, last, short_side):
+    """Decodes from the keyframe at or before frame `seek_to` up to frame `last`.
+
+    Returns ({index: (H, W, 3) uint8} for indices in `wanted`, index of the first decoded frame).
+    """
+    container, stream, rate, time_base, start = _open_video(path)
+    frames, first_seen = {}, None
+    with container:
+        if seek_to > 0:
+            container.seek(int(start + seek_to / (rate * time_base)), stream=stream,
+                           backward=True, any_frame=False)
+        # Without timestamps we can only count frames, which is valid when decoding from the start.
+        index = -1 if seek_to == 0 else None
+        for frame in container.decode(stream):
+            if frame.pts is not None:
+                index = round((frame.pts - start) * time_base * rate)
+            elif index is not None:
+                index += 1
+            else:
+                raise VideoReadError(f"{path}: frames without timestamps after a seek")
+            if first_seen is None:
+                first_seen = index
+            if index in wanted and index not in frames:
+                width, height = _output_size(frame.width, frame.height, short_side)
+                frames[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
+            if index >= last:
+                break
+    return frames, first_seen
+
+
+def read_clip(path, indices, short_side=None):
+    """uint8 (T, H, W, 3) RGB frames at the 0-based frame `indices` (any order, repeats allowed).
+
+    Seeks to the keyframe at or before the first wanted frame and decodes only up to the last
+    one, so the cost is independent of the video length. `short_side`: resize (swscale, during the
+    RGB conversion) so the shorter side has this length. Raises VideoReadError naming `path`.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size == 0 or indices.min() < 0:
+        raise ValueError(f"{path}: frame indices must be a non-empty list of indices >= 0")
+    wanted = set(indices.tolist())
+    first, last = min(wanted), max(wanted)
+    back = 0
+    try:
+        while True:
+            seek_to = max(first - back, 0)
+            frames, first_seen = _decode_range(path, wanted, seek_to, last, short_side)
+            # With B-frames the demuxer can pick the keyframe just *after* the wanted frame
+            # (its decode time is earlier than its display time): seek further back and retry.
+            if seek_to == 0 or (first_seen is not None and first_seen <= first):
+                break
+            back = max(4 * back, 16)
+    except _DECODE_ERRORS as err:
+        raise VideoReadError(f"cannot decode {path}: {err}") from err
+    if not frames and first_seen is None:
+        raise VideoReadError(f"{path}: no video frames could be decoded")
+    missing = sorted(wanted - frames.keys())
+    if missing:
+        raise VideoReadError(f"{path}: frame {missing[0]} requested but not decoded "
+                             f"(past the end of the video, or missing)")
+    return np.stack([frames[i] for i in indices.tolist()])
+
+
+def count_frames(path):
+    """Number of frames, from the header when possible, else by demuxing (no decoding)."""
+    try:
+        container, stream, rate, time_base, _ = _open_video(path)
+        with container:
+            if stream.frames > 0:
+                return stream.frames
+            if stream.duration:
+                return round(stream.duration * time_base * rate)
+            # e.g. mkv/webm keep no per-stream count: count packets, the last one is an empty flush
+            return sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except _DECODE_ERRORS as err:
+        raise VideoReadError(f"cannot read {path}: {err}") from err
+
+
+# ============ clip sampling ============
+
+def clip_indices(num_frames, clip_len, stride, start=None, rng=None):
+    """(clip_len,) int64 frame indices start, start + stride, ...
+
+    start=None: random start, uniform over the positions where the clip fits (training);
+    `rng` is a numpy Generator (a fresh unseeded one if None). Indices past the end wrap around
+    (loop padding), so videos shorter than the clip span still give clip_len frames.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if start is None:
+        rng = np.random.default_rng() if rng is None else rng
+        span = (clip_len - 1) * stride + 1
+        start = int(rng.integers(0, max(num_frames - span, 0) + 1))
+    return (start + stride * np.arange(clip_len, dtype=np.int64)) % num_frames
+
+
+def uniform_starts(num_frames, clip_len, stride, num_clips):
+    """`num_clips` evenly spaced clip starts covering the video (test-time multi-clip views).
+
+    One clip: the centre clip. Starts repeat when the video is shorter than the clips.
+    """
+    last = max(num_frames - ((clip_len - 1) * stride + 1), 0)
+    if num_clips == 1:
+        return [last // 2]
+    return [int(round(s)) for s in np.linspace(0, last, num_clips)]
+
+
+# ============ list files ============
+
+def _check_exists(path, what):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def read_video_list(list_path, root):
+    """[(root/path, label)] from an mmaction2-style list file.
+
+    Accepted lines: 'path label', 'path' (label -1, e.g. UCF101 test lists) and the rawframe
+    style 'path num_frames label'.
+    """
+    _check_exists(list_path, "list file")
+    _check_exists(root, "video root")
+    samples = []
+    with open(list_path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) > 3:
+                raise ValueError(f"{list_path}:{lineno}: expected 'path [num_frames] label', "
+                                 f"got {len(fields)} fields: {line.strip()!r}")
+            try:
+                numbers = [int(x) for x in fields[1:]]
+            except ValueError:
+                raise ValueError(f"{list_path}:{lineno}: label (or num_frames) is not an integer: "
+                                 f"{line.strip()!r}") from None
+            samples.append((os.path.join(root, fields[0]), numbers[-1] if numbers else -1))
+    return samples
+
+
+def read_kinetics_csv(csv_path, root, split_dir=None):
+    """Kinetics-400 official CSV ('label,youtube_id,time_start,time_end,split[,is_cc]').
+
+    Files are looked up as '{youtube_id}_{start:06d}_{end:06d}' (or '{youtube_id}') with
+    extension .mp4/.mkv/.webm, in `root[/split_dir]` or any folder directly below it (the
+    downloaders' '<label>/' folders, with spaces or underscores). Class index = position of the
+    label in the sorted unique labels. Videos that are not on disk (deleted from YouTube) are
+    skipped with one summary line. Returns ([(path, label)], classes).
+    """
+    _check_exists(csv_path, "Kinetics csv")
+    base = os.path.join(root, split_dir) if split_dir else root
+    _check_exists(base, "video root")
+    # Index the files once instead of probing up to 6 names per row (250k rows for K400 train).
+    on_disk = {}
+    for entry in os.scandir(base):
+        files = [entry] if entry.is_file() else list(os.scandir(entry.path)) if entry.is_dir() else []
+        for file in files:
+            on_disk.setdefault(file.name, file.path)
+    rows = []
+    with open(csv_path, newline="") as f:
+        for lineno, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+            try:
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+                name, label = row["youtube_id"], row["label"]
+                if not name or not label:
+                    raise ValueError("empty youtube_id or label")
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{csv_path}:{lineno}: bad Kinetics row {row}: {err}") from None
+            rows.append((label, [f"{name}_{start:06d}_{end:06d}", name]))
+    classes = sorted({label for label, _ in rows})
+    class_index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for label, stems in rows:
+        found = [on_disk[s + ext] for s in stems for ext in (".mp4", ".mkv", ".webm")
+                 if s + ext in on_disk]
+        if found:
+            samples.append((found[0], class_index[label]))
+    if rows and not samples:
+        raise FileNotFoundError(f"none of the {len(rows)} videos of {csv_path} found under {base}")
+    if len(samples) < len(rows):
+        print(f"{csv_path}: {len(rows) - len(samples)} of {len(rows)} videos not found under "
+              f"{base}; skipped", file=sys.stderr)
+    return samples, classes
+
+
+def read_samples(list_path, root):
+    """[(path, label)] from a Kinetics .csv or an mmaction2-style list file."""
+    if str(list_path).endswith(".csv"):
+        return read_kinetics_csv(list_path, root)[0]
+    return read_video_list(list_path, root)
+
+
+# ============ bad-file accounting ============
+
+class BadVideoCounter:
+    """Counts video reads and failures across DataLoader workers; stops a run with too many.
+
+    The counts live in a shared-memory tensor created in the main process, so forked or spawned
+    workers update the same numbers. Each process writes its own row (worker id + 1; 0 for the
+    main process), so there are no lost updates without needing a lock.
+    """
+
+    def __init__(self, max_fraction=0.05, min_reads=20, max_workers=64):
+        self.max_fraction, self.min_reads = max_fraction, min_reads
+        self.counts = torch.zeros(max_workers + 1, 2, dtype=torch.int64).share_memory_()  # (ok, failed)
+        self._warned = set()  # per process: one warning per path
+
+    def _row(self):
+        info = torch.utils.data.get_worker_info()
+        return 0 if info is None else 1 + info.id % (len(self.counts) - 1)
+
+    @property
+    def reads(self):
+        return int(self.counts.sum())
+
+    @property
+    def failures(self):
+        return int(self.counts[:, 1].sum())
+
+    def record_ok(self):
+        self.counts[self._row(), 0] += 1
+
+    def record_failure(self, path, err):
+        self.counts[self._row(), 1] += 1
+        if path not in self._warned:
+            self._warned.add(path)
+            print(f"skipping unreadable video {path}: {err}", file=sys.stderr, flush=True)
+
+    def check(self):
+        """RuntimeError if, after `min_reads` reads, more than `max_fraction` of them failed."""
+        reads, failures = self.reads, self.failures
+        if reads >= self.min_reads and failures > self.max_fraction * reads:
+            raise RuntimeError(
+                f"{failures} of {reads} video reads failed ({100 * failures / reads:.1f}%, "
+                f"more than the allowed {100 * self.max_fraction:.1f}%); check the dataset: "
+                f"list file paths, root folder, corrupt or empty files (warnings above name them)")
+
+
+# ============ dataset ============
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Clips from [(path, label)] samples.
+
+    item: dict(clip=uint8 (T, H, W, 3), or (num_clips, T, H, W, 3) when num_clips > 1,
+               label=int, index=int index of the video actually read).
+    train=True: random stride from `strides` and random starts; train=False: `num_clips`
+    uniformly spaced starts with strides[0]. An unreadable video is reported to `counter` and
+    replaced by a random other one; the run stops once more than max_fail_fraction failed.
+    """
+
+    def __init__(self, samples, clip_len=16, strides=(1,), short_side=128, train=True,
+                 num_clips=1, max_fail_fraction=0.05, counter=None, max_retries=10):
+        self.samples = list(samples)
+        if not self.samples:
+            raise ValueError("VideoClipDataset: no samples")
+        self.clip_len, self.strides, self.short_side = clip_len, tuple(strides), short_side
+        self.train, self.num_clips, self.max_retries = train, num_clips, max_retries
+        self.counter = counter if counter is not None else BadVideoCounter(max_fail_fraction)
+        self._num_frames = {}  # lazily filled, one cache per worker process
+        self._rng, self._rng_seed = None, None
+
+    def __len__(self):
+        return len(self.samples)
+
+    def rng(self):
+        """numpy Generator of this process, seeded from torch.initial_seed().
+
+        DataLoader workers get initial_seed = base_seed + worker_id with a new base_seed each
+        epoch (drawn from torch's RNG), so workers and epochs differ and torch.manual_seed makes
+        runs reproducible. Re-seeding on a seed change also stops forked workers from inheriting
+        copies of the main process's generator.
+        """
+        seed = torch.initial_seed()
+        if seed != self._rng_seed:
+            self._rng, self._rng_seed = np.random.default_rng(seed), seed
+        return self._rng
+
+    def num_frames(self, i):
+        if i not in self._num_frames:
+            self._num_frames[i] = count_frames(self.samples[i][0])
+        return self._num_frames[i]
+
+    def _read(self, i, sample_indices, rng):
+        """Frames of video i at sample_indices(num_frames), or of a random replacement video."""
+        for _ in range(self.max_retries + 1):
+            path, label = self.samples[i]
+            try:
+                frames = read_clip(path, sample_indices(self.num_frames(i)), self.short_side)
+            except VideoReadError as err:
+                self.counter.record_failure(path, err)
+                self.counter.check()
+                if len(self) > 1:  # a random other video, never i itself
+                    i = (i + 1 + int(rng.integers(len(self) - 1))) % len(self)
+                continue
+            self.counter.record_ok()
+            self.counter.check()
+            return torch.from_numpy(frames), label, i
+        raise RuntimeError(f"{self.max_retries + 1} videos in a row could not be read, the last "
+                           f"one {path}; check the dataset")
+
+    def load(self, i, start=None, stride=None, rng=None):
+        """(clip uint8 (T, H, W, 3), label, index actually read) for one clip of video i.
+
+        start=None: random start; stride=None: random from `strides` (train) or strides[0].
+        A given start applies to video i; for a replacement video it wraps around its length.
+        Wrappers build on this, e.g. two clips per item for tubelet or temporal contrast.
+        """
+        rng = self.rng() if rng is None else rng
+        if stride is None:
+            stride = int(rng.choice(self.strides)) if self.train else self.strides[0]
+        return self._read(i, lambda n: clip_indices(n, self.clip_len, stride, start, rng), rng)
+
+    def __getitem__(self, i):
+        rng = self.rng()
+        stride = int(rng.choice(self.strides)) if self.train else self.strides[0]
+
+        def sample_indices(n):  # all clips in one read: one seek, decoded once
+            if self.train:
+                starts = [None] * self.num_clips
+            else:
+                starts = uniform_starts(n, self.clip_len, stride, self.num_clips)
+            return np.concatenate([clip_indices(n, self.clip_len, stride, s, rng) for s in starts])
+
+        frames, label, index = self._read(i, sample_indices, rng)
+        clip = frames.reshape(self.num_clips, self.clip_len, *frames.shape[1:])
+        return dict(clip=clip[0] if self.num_clips == 1 else clip, label=label, index=index)

@@ -1,0 +1,116 @@
+"""Tests of common/synthetic.py: files in the real formats, caching, and motion-only classes."""
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from common.synthetic import MOTIONS, synthetic_video_dataset
+from common.video import count_frames, read_clip, read_video_list
+
+PARAMS = dict(num_classes=8, videos_per_class=4, num_frames=24, seed=0)  # default size
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic_video_dataset(tmp_path_factory.mktemp("syn") / "videos", **PARAMS)
+
+
+def samples_of(dataset):
+    return {split: read_video_list(dataset[f"{split}_list"], dataset["root"])
+            for split in ("train", "val")}
+
+
+def test_files_in_real_formats(dataset):
+    assert dataset["classes"] == list(MOTIONS[:8])
+    with open(os.path.join(dataset["root"], "classes.txt")) as f:
+        assert f.read().split() == dataset["classes"]
+    splits = samples_of(dataset)
+    assert len(splits["train"]) == 8 * 3 and len(splits["val"]) == 8 * 1  # val_fraction 0.25
+    assert {label for _, label in splits["train"]} == set(range(8)) == {l for _, l in splits["val"]}
+    assert not {p for p, _ in splits["train"]} & {p for p, _ in splits["val"]}
+    for path, label in splits["train"] + splits["val"]:
+        assert path.endswith(".mp4") and f"/{MOTIONS[label]}/" in path
+        assert count_frames(path) == PARAMS["num_frames"]
+        frames = read_clip(path, range(PARAMS["num_frames"]))
+        assert frames.shape == (PARAMS["num_frames"], 128, 170, 3) and frames.std() > 10
+
+
+def test_cache_is_reused(dataset):
+    marker = os.path.join(dataset["root"], "done.json")
+    video = samples_of(dataset)["train"][0][0]
+    mtimes = os.path.getmtime(marker), os.path.getmtime(video)
+    assert synthetic_video_dataset(dataset["root"], **PARAMS) == dataset
+    assert (os.path.getmtime(marker), os.path.getmtime(video)) == mtimes
+    with pytest.raises(FileExistsError, match="different|parameters"):
+        synthetic_video_dataset(dataset["root"], **{**PARAMS, "seed": 1})
+
+
+def test_default_root_under_cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("VEF_CACHE", str(tmp_path))
+    small = dict(num_classes=2, videos_per_class=2, num_frames=8, size=(32, 32))
+    a, b = synthetic_video_dataset(**small), synthetic_video_dataset(**small, seed=1)
+    assert os.path.dirname(a["root"]) == str(tmp_path) == os.path.dirname(b["root"])
+    assert os.path.basename(a["root"]).startswith("synthetic_videos_") and a["root"] != b["root"]
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(d["root"]) for d in (a, b))
+
+
+def _motion_statistics(frames):
+    """Median per-frame displacement (dx, dy) and rotation sense of the frame-difference centroid."""
+    diff = np.abs(np.diff(frames.astype(np.float32), axis=0)).sum(-1)
+    diff *= diff > 30  # ignore compression noise of the static background
+    y, x = np.mgrid[:diff.shape[1], :diff.shape[2]]
+    mass = diff.sum((1, 2))
+    cx, cy = (diff * x).sum((1, 2)) / mass, (diff * y).sum((1, 2)) / mass
+    dx, dy = np.diff(cx), np.diff(cy)
+    turn = np.mean((cx[:-1] - cx.mean()) * dy - (cy[:-1] - cy.mean()) * dx)  # > 0: clockwise
+    return np.median(dx), np.median(dy), turn
+
+
+def test_classes_differ_by_motion(dataset):
+    stats = {}
+    for path, label in samples_of(dataset)["train"]:
+        stats.setdefault(MOTIONS[label], []).append(_motion_statistics(read_clip(path, range(24))))
+    for motion, (sx, sy) in {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1)}.items():
+        for dx, dy, _ in stats[motion]:  # rendered at 1.5 pixels per frame
+            along, across = dx * sx + dy * sy, abs(dx * sy - dy * sx)
+            assert 1.2 < along < 1.8 and across < along / 2, (motion, dx, dy)
+    assert all(turn > 5 for _, _, turn in stats["circle_cw"])
+    assert all(turn < -5 for _, _, turn in stats["circle_ccw"])
+    for dx, dy, _ in stats["spin_cw"] + stats["spin_ccw"]:  # turns in place
+        assert abs(dx) < 1 and abs(dy) < 1
+
+
+def test_same_seed_same_videos(tmp_path):
+    small = dict(num_classes=3, videos_per_class=2, num_frames=8, size=(32, 48))
+    runs = [synthetic_video_dataset(tmp_path / name, **small, seed=seed)
+            for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    lists = [read_video_list(r["train_list"], r["root"]) for r in runs]
+    for (pa, la), (pb, lb), (pc, lc) in zip(*lists):
+        assert la == lb == lc
+        frames = [read_clip(p, range(8)) for p in (pa, pb, pc)]
+        assert np.array_equal(frames[0], frames[1])
+        with open(pa, "rb") as fa, open(pb, "rb") as fb:
+            assert fa.read() == fb.read()  # x264 output is deterministic, even multi-threaded
+        assert not np.array_equal(frames[0], frames[2])
+
+
+def _write(root, result_queue):
+    result_queue.put(synthetic_video_dataset(root, num_classes=2, videos_per_class=3,
+                                             num_frames=8, size=(32, 32)))
+
+
+def test_concurrent_writers_agree(tmp_path):
+    root = str(tmp_path / "shared")
+    queue = multiprocessing.get_context("fork").Queue()
+    workers = [multiprocessing.get_context("fork").Process(target=_write, args=(root, queue))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert results[0] == results[1] and results[0]["root"] == root
+    assert os.listdir(tmp_path) == ["shared"]  # the loser's temporary folder is gone
+    assert len(read_video_list(results[0]["train_list"], root)) == 2 * 2
