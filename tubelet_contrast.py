@@ -1,0 +1,554 @@
+"""Tubelet-Contrastive Self-Supervision (thesis Ch. 5): MoCo pretraining on tubelet positive pairs.
+
+(Placeholder docstring; the training script below the augmentation section documents usage.)
+"""
+import argparse
+import ctypes
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.backbones import KINETICS_MEAN, KINETICS_STD
+
+# ===== Tubelets and augmentation (Sec 5.3) =====
+#
+# Everything below works on whole batches on the device the clips live on. Shapes:
+#   B batch, T frames, H x W frame (after cropping H = W = crop_size), M tubelets per clip.
+# Pixel coordinates are continuous: pixel (row i, col j) covers [j, j+1) x [i, i+1), centre (j+.5, i+.5).
+
+TRANSFORMS = ("scale", "shear", "rotation")  # applied to the patch in this order when combined
+SHAPES = ("rectangle", "ellipse", "rhombus")
+SHAPE_PROBS = (0.5, 0.35, 0.15)  # as in the authors' code
+NONLINEAR_EXTENT = (20 / 112, 90 / 112)  # extent of a non-linear path, as a fraction of the frame (authors' code)
+OPACITY = (0.8, 1.0)  # tubelet opacity at its keyframes (authors' code)
+SCALES = (1.0, 8 / 7, 9 / 7)  # multi-scale crop: short side resized to crop * s, as 112/128/144 in the authors' code
+
+
+def _transform_list(text):
+    names = tuple(t for t in text.replace("+", ",").split(",") if t and t != "none")
+    bad = [t for t in names if t not in TRANSFORMS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown transformation(s) {bad}; choose from none,{','.join(TRANSFORMS)}")
+    return names
+
+
+def add_augmentation_args(parser):
+    g = parser.add_argument_group("tubelets and augmentation")
+    g.add_argument("--mode", choices=["tubelet", "temporal"], default="tubelet",
+                   help="tubelet: v1, v2 from two different videos share M tubelets (Sec 5.3.2, Eq. 5.3-5.4). "
+                        "temporal: the Table 5.2 baseline, two temporal crops of one video, each augmented on its own")
+    g.add_argument("--num-tubelets", type=int, default=2, metavar="M",
+                   help="tubelets per clip, M in Eq. 5.4 (Sec 5.4.1: 2; Table 5.5 ablates 1-3)")
+    g.add_argument("--patch-size", type=int, nargs=2, default=[16, 64], metavar=("MIN", "MAX"),
+                   help="patch sides H', W' uniform in [MIN, MAX] px (Sec 5.4.1, 112x112 clips); "
+                        "App. C.2 uses 32 128 for 224x224 clips (I3D)")
+    g.add_argument("--motion", choices=["none", "linear", "nonlinear"], default="nonlinear",
+                   help="tubelet motion (Sec 5.3.3, Table 5.3): none = static patch (Eq. 5.2), linear (Eq. 5.5), "
+                        "nonlinear = Gaussian-smoothed random path (Eq. 5.6)")
+    g.add_argument("--transform", type=_transform_list, default="rotation",
+                   help="tubelet transformation (Sec 5.3.4, Eq. 5.7; Table 5.4): none, scale, shear, rotation, "
+                        "or a comma list such as rotation,scale (Table C.5: combinations do not help)")
+    g.add_argument("--keyframes", type=int, default=3, metavar="K",
+                   help="keyframes K for linear motion and for transformations, first and last frame included "
+                        "(Sec 5.4.1: 3)")
+    g.add_argument("--delta", type=float, nargs=2, default=[40.0, 80.0], metavar=("MIN", "MAX"),
+                   help="linear motion: max px between the centres of neighbouring keyframes, Delta drawn per "
+                        "tubelet from [MIN, MAX] (Sec 5.3.3, Sec 5.4.1: 40-80 for 112 px); scale it with the crop")
+    g.add_argument("--nonlinear-points", type=int, default=48, metavar="N",
+                   help="non-linear motion: N >> T random points that are smoothed into a path (Eq. 5.6; 48)")
+    g.add_argument("--sigma", type=float, default=8.0,
+                   help="non-linear motion: std (in points) of the Gaussian smoothing filter g in Eq. 5.6 (8)")
+    g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("MIN", "MAX"),
+                   help="scale transformation: horizontal and vertical factors (Sec 5.3.4; Table C.6 tries "
+                        "0.5-1.25 and 0.5-2)")
+    g.add_argument("--rotation-range", type=float, nargs=2, default=[-90.0, 90.0], metavar=("MIN", "MAX"),
+                   help="rotation transformation: in-plane angle in degrees (Sec 5.3.4; Table C.6 tries 45, 180)")
+    g.add_argument("--shear-range", type=float, nargs=2, default=[-1.5, 1.5], metavar=("MIN", "MAX"),
+                   help="shear transformation: the two shear factors (r, s). Sec 5.3.4 says [-1.5, 1.5] while "
+                        "App. C.5 says the chapter used [-1, 1]; Table C.6 ablates both (and 0.75)")
+    g.add_argument("--jitter-prob", type=float, default=0.2,
+                   help="probability of each colour jitter (brightness, contrast, hue+saturation); 0.2 as in the "
+                        "authors' code. In tubelet mode the pair shares the jitter (Sec 5.4.1)")
+    return g
+
+
+# ----- keyframes (Eq. 5.5 and 5.7) -----
+
+def sample_keyframes(n, T, K, device):
+    """(n, K) sorted frame indices: frame 0, K-2 distinct random frames in between, frame T-1 (K <= T)."""
+    K = max(2, min(K, T))
+    inner = torch.rand(n, T - 2, device=device).argsort(dim=1)[:, :K - 2] + 1
+    first = torch.zeros(n, 1, dtype=torch.long, device=device)
+    return torch.cat([first, inner.sort(dim=1).values, first + T - 1], dim=1)
+
+
+def interpolate_keyframes(keyframes, values, T):
+    """Interp of Eq. 5.5 / 5.7: keyframes (n, K) sorted, values (n, K, D) -> (n, T, D), piecewise linear."""
+    n, K = keyframes.shape
+    t = torch.arange(T, device=values.device).expand(n, T).contiguous()
+    seg = (torch.searchsorted(keyframes, t, right=True) - 1).clamp(0, K - 2)  # keyframe k with k <= t < k+1
+    t0, t1 = keyframes.gather(1, seg), keyframes.gather(1, seg + 1)
+    w = ((t - t0) / (t1 - t0)).unsqueeze(-1).to(values.dtype)
+    idx = seg.unsqueeze(-1).expand(-1, -1, values.shape[-1])
+    v0, v1 = values.gather(1, idx), values.gather(1, idx + 1)
+    return v0 + w * (v1 - v0)
+
+
+# ----- tubelet motion: the path of patch centres [(x^1, y^1), ..., (x^T, y^T)] of Eq. 5.2 (Sec 5.3.3) -----
+
+def static_path(n, T, H, W, device):
+    """Eq. 5.2 without motion: (n, T, 2) centres (x, y), one random position repeated over time."""
+    frame = torch.tensor([W, H], dtype=torch.float32, device=device)
+    return (torch.rand(n, 1, 2, device=device) * frame).expand(n, T, 2).contiguous()
+
+
+def linear_path(n, T, H, W, K, delta, device):
+    """Eq. 5.5: K keyframe centres joined by straight lines; (n, T, 2).
+
+    The first centre is uniform in the frame; each next keyframe centre lies within Delta px of the previous
+    one (uniform in that disc, Delta ~ U(delta) per tubelet) and is clamped into the frame, which keeps it
+    within Delta px since the previous centre is inside.
+    """
+    frame = torch.tensor([W, H], dtype=torch.float32, device=device)
+    keyframes = sample_keyframes(n, T, K, device)
+    dmax = delta[0] + (delta[1] - delta[0]) * torch.rand(n, 1, device=device)
+    centres = [torch.rand(n, 2, device=device) * frame]
+    for _ in range(keyframes.shape[1] - 1):
+        r = dmax * torch.rand(n, 1, device=device).sqrt()
+        phi = 2 * math.pi * torch.rand(n, 1, device=device)
+        step = r * torch.cat([phi.cos(), phi.sin()], dim=1)
+        centres.append(torch.minimum(torch.clamp(centres[-1] + step, min=0), frame))
+    return interpolate_keyframes(keyframes, torch.stack(centres, 1), T)
+
+
+def gaussian_smooth(x, sigma):
+    """g of Eq. 5.6: 1-D Gaussian filter along the last dim of x (n, C, N), reflect padding, radius 4 sigma."""
+    if sigma <= 0:
+        return x
+    n, C, N = x.shape
+    radius = int(4 * sigma + 0.5)
+    k = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    x = F.pad(x.reshape(n * C, 1, N), (radius, radius), mode="reflect" if radius < N else "replicate")
+    return F.conv1d(x, (k / k.sum()).view(1, 1, -1)).view(n, C, N)
+
+
+def nonlinear_path(n, T, H, W, N, sigma, device):
+    """Eq. 5.6: N >> T uniform random points, Gaussian-smoothed along time, resampled to T; (n, T, 2).
+
+    Smoothing shrinks the path towards the frame centre, so (as the authors' code does) each axis is min-max
+    rescaled to an extent drawn from NONLINEAR_EXTENT of the frame and placed at a random position in it.
+    """
+    frame = torch.tensor([W, H], dtype=torch.float32, device=device).view(1, 2, 1)
+    points = torch.rand(n, 2, N, device=device) * frame
+    smooth = gaussian_smooth(points, sigma)
+    lo, hi = smooth.amin(dim=2, keepdim=True), smooth.amax(dim=2, keepdim=True)
+    unit = (smooth - lo) / (hi - lo).clamp_min(1e-6)
+    extent = NONLINEAR_EXTENT[0] + (NONLINEAR_EXTENT[1] - NONLINEAR_EXTENT[0]) * torch.rand(n, 1, 1, device=device)
+    extent = extent * frame
+    path = unit * extent + torch.rand(n, 2, 1, device=device) * (frame - extent)
+    return F.interpolate(path, size=T, mode="linear", align_corners=True).transpose(1, 2).contiguous()
+
+
+# ----- tubelet transformations F(p, theta^i) of Eq. 5.7 (Sec 5.3.4) -----
+
+def transform_matrices(n, T, transforms, K, ranges, device):
+    """(n, T, 2, 2) matrices A^i mapping patch coordinates (about the patch centre) to frame offsets.
+
+    Per transformation, theta is the identity at frame 0 (the first keyframe), uniform in its range at the
+    other K-1 keyframes, linearly interpolated in between (Eq. 5.7). scale: theta = (w, h), diag(w, h);
+    shear: theta = (r, s), an x-shear by r followed by a y-shear by s (determinant 1, never singular);
+    rotation: theta = angle in degrees. Combinations compose as rotation @ shear @ scale.
+    ranges: dict name -> (min, max).
+    """
+    A = torch.eye(2, device=device).expand(n, T, 2, 2)
+    for name in TRANSFORMS:
+        if name not in transforms:
+            continue
+        lo, hi = ranges[name]
+        D = 1 if name == "rotation" else 2
+        theta = lo + (hi - lo) * torch.rand(n, max(2, min(K, T)), D, device=device)
+        theta[:, 0] = 1.0 if name == "scale" else 0.0  # first keyframe: the untransformed patch p
+        theta = interpolate_keyframes(sample_keyframes(n, T, K, device), theta, T)
+        one, zero = torch.ones_like(theta[..., 0]), torch.zeros_like(theta[..., 0])
+        if name == "scale":
+            rows = [theta[..., 0], zero, zero, theta[..., 1]]
+        elif name == "shear":
+            r, s = theta[..., 0], theta[..., 1]
+            rows = [one, r, s, 1 + r * s]  # [[1, 0], [s, 1]] @ [[1, r], [0, 1]]
+        else:
+            a = torch.deg2rad(theta[..., 0])
+            rows = [a.cos(), -a.sin(), a.sin(), a.cos()]
+        A = torch.stack(rows, -1).view(n, T, 2, 2) @ A
+    return A
+
+
+# ----- tubelets: patch p, shape, path and transformation (Eq. 5.2-5.4, 5.7) -----
+
+@dataclass
+class Tubelets:
+    """M tubelets per clip. Patch p_m is cut from frame `source_frame` of v1 around `source_centre` with
+    half sides `half_size`; in frame t its centre is at `path[..., t, :]` and it is transformed by
+    `matrix[..., t, :, :]`; `shape`, `edge` and `opacity` define its alpha (see `shape_alpha`)."""
+    path: torch.Tensor           # (B, M, T, 2) centre (x, y) in frame pixels, Eq. 5.2
+    matrix: torch.Tensor         # (B, M, T, 2, 2) patch -> frame, identity at t=0 (Eq. 5.7)
+    half_size: torch.Tensor      # (B, M, 2) (W'/2, H'/2)
+    source_centre: torch.Tensor  # (B, M, 2) centre of the patch in the source frame
+    source_frame: torch.Tensor   # (B,) long, frame of v1 all patches of a clip are cut from
+    shape: torch.Tensor          # (B, M) long, index into SHAPES
+    edge: torch.Tensor           # (B, M) width of the alpha ramp at the border, in normalised patch units
+    opacity: torch.Tensor        # (B, M, T)
+
+
+def sample_tubelets(B, T, H, W, args, device):
+    """Draws M tubelets for each of B clips of T frames of H x W pixels (Sec 5.3.2-5.3.4)."""
+    M, n = args.num_tubelets, B * args.num_tubelets
+    frame = torch.tensor([W, H], dtype=torch.float32, device=device)
+    lo, hi = args.patch_size
+    size = torch.minimum(lo + (hi - lo) * torch.rand(B, M, 2, device=device), frame)  # (W', H'), independent
+    # paste the largest patch first so that a small one is never hidden under it (as the authors' code does)
+    order = size.prod(-1).argsort(dim=1, descending=True)
+    half = size.gather(1, order.unsqueeze(-1).expand(-1, -1, 2)) / 2
+    source_centre = half + torch.rand(B, M, 2, device=device) * (frame - 2 * half)
+
+    if args.motion == "none":
+        path = static_path(n, T, H, W, device)
+    elif args.motion == "linear":
+        path = linear_path(n, T, H, W, args.keyframes, args.delta, device)
+    else:
+        path = nonlinear_path(n, T, H, W, args.nonlinear_points, args.sigma, device)
+    ranges = dict(scale=args.scale_range, shear=args.shear_range, rotation=args.rotation_range)
+    matrix = transform_matrices(n, T, args.transform, args.keyframes, ranges, device)
+
+    shape = torch.multinomial(torch.tensor(SHAPE_PROBS, device=device), n, replacement=True).view(B, M)
+    # as in the authors' code half of the patches get a soft edge, alpha falling from 1 at 60-90% of the
+    # way to the border down to 0; the others get a hard edge, anti-aliased over about one pixel
+    soft = torch.rand(B, M, device=device) < 0.5
+    edge = torch.where(soft, 0.1 + 0.3 * torch.rand(B, M, device=device), 1 / half.amin(-1))
+    K = max(2, min(args.keyframes, T))
+    opacity = OPACITY[0] + (OPACITY[1] - OPACITY[0]) * torch.rand(n, K, 1, device=device)
+    opacity = interpolate_keyframes(sample_keyframes(n, T, K, device), opacity, T)
+    # the patches are cut from one random frame of v1 (the thesis leaves the frame open; the authors' code
+    # draws it at random) and replicated in time (Sec 5.3.2)
+    source_frame = torch.randint(0, T, (B,), device=device)
+    return Tubelets(path=path.view(B, M, T, 2), matrix=matrix.view(B, M, T, 2, 2), half_size=half,
+                    source_centre=source_centre, source_frame=source_frame, shape=shape, edge=edge,
+                    opacity=opacity.view(B, M, T))
+
+
+def shape_alpha(n, shape, edge):
+    """Alpha of a patch from coordinates n (..., 2) normalised so that the patch box is [-1, 1]^2.
+
+    Distance to the centre: rectangle max(|a|, |b|), ellipse sqrt(a^2 + b^2), rhombus |a| + |b| (shape 0, 1,
+    2, an int or a tensor broadcasting against n[..., 0]); alpha = clamp((1 - distance) / edge, 0, 1)."""
+    a, b = n[..., 0].abs(), n[..., 1].abs()
+    shape = torch.as_tensor(shape, device=n.device)
+    dist = torch.where(shape == 0, torch.maximum(a, b), torch.where(shape == 1, torch.hypot(a, b), a + b))
+    return ((1 - dist) / edge).clamp_(0, 1)
+
+
+def _shape_span(n0, dn, shape):
+    """Where a pixel row crosses a patch shape. Along the row the normalised patch coordinates are
+    n0 + X dn ((R, 2) each, X the pixel-centre x); returns the interval [lo, hi] (R,) of X with distance
+    <= 1 (lo > hi when the row misses the shape). shape (R,) long as in `shape_alpha`."""
+    inf = torch.full_like(n0[:, 0], math.inf)
+
+    def slab(a, da):  # |a + X da| <= 1; when da == 0, the whole row or nothing
+        x1, x2 = (-1 - a) / da, (1 - a) / da
+        inside, flat = a.abs() <= 1, da == 0
+        return (torch.where(flat, torch.where(inside, -inf, inf), torch.minimum(x1, x2)),
+                torch.where(flat, torch.where(inside, inf, -inf), torch.maximum(x1, x2)))
+
+    def both(s1, s2):
+        return torch.maximum(s1[0], s2[0]), torch.minimum(s1[1], s2[1])
+
+    rectangle = both(slab(n0[:, 0], dn[:, 0]), slab(n0[:, 1], dn[:, 1]))
+    rhombus = both(slab(n0[:, 0] + n0[:, 1], dn[:, 0] + dn[:, 1]), slab(n0[:, 0] - n0[:, 1], dn[:, 0] - dn[:, 1]))
+    a, b, c = (dn * dn).sum(1), (n0 * dn).sum(1), (n0 * n0).sum(1) - 1  # ellipse: a X^2 + 2 b X + c <= 0
+    disc = b * b - a * c
+    root = disc.clamp(min=0).sqrt()
+    ellipse = torch.where(disc < 0, inf, (-b - root) / a), torch.where(disc < 0, -inf, (-b + root) / a)
+    return tuple(torch.where(shape == 0, r, torch.where(shape == 1, e, h))
+                 for r, e, h in zip(rectangle, ellipse, rhombus))
+
+
+def _pixel_range(lo, hi, size):
+    """First pixel and number of pixels (long) among 0..size-1 whose centres (i + 0.5) lie in [lo, hi]."""
+    first = torch.ceil(lo - 0.5).clamp(0, size)
+    last = torch.floor(hi - 0.5).clamp(-1, size - 1)
+    return first.long(), (last - first + 1).clamp(min=0).long()
+
+
+def _inverse_2x2(A):
+    """Inverse of (..., 2, 2) matrices."""
+    a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
+    return torch.stack([d, -b, -c, a], -1).view(A.shape) / (a * d - b * c)[..., None, None]
+
+
+def paste_tubelets(clips, source, tub):
+    """Eq. 5.3-5.4: overlays the tubelets onto every clip in `clips`, in place.
+
+    clips: list of float (B, 3, T, H, W) tensors (v1 and v2); source: float (B, 3, H, W), the frame of v1 the
+    patches are cut from (taken before pasting). Every clip gets the same patch at the same place with the
+    same transformation and alpha, so the positive pair shares exactly the tubelets.
+
+    Only the pixels a patch covers are touched. For each tubelet index m, the transformed patches of all
+    B*T frames are rasterised into one flat list of pixels (the rows each patch crosses, and in each row the
+    span inside its shape). A pixel centre X maps back to normalised patch coordinates
+    n = A^-1 (X - centre) / half (Eq. 5.7), which give its alpha (`shape_alpha`), and to the source frame at
+    source_centre + n * half, where one grid_sample over all pixels reads its colour (bilinear). The pixels
+    are blended into the clips through flat indices (take / put_).
+    """
+    B, _, T, H, W = clips[0].shape
+    dev, M = source.device, tub.path.shape[1]
+    # the source frames stacked vertically, with a replicated row above and below each so that bilinear
+    # sampling never reaches into the neighbouring clip: one image (1, 3, B * (H + 2), W) for grid_sample
+    stack = F.pad(source, (0, 0, 1, 1), mode="replicate").transpose(0, 1).reshape(1, 3, B * (H + 2), W)
+    to_grid = torch.tensor([2 / W, 2 / (B * (H + 2))], device=dev)  # pixels -> [-1, 1], align_corners=False
+    frame_offset = torch.arange(B * T, device=dev)
+    frame_offset = frame_offset // T * (3 * T * H * W) + frame_offset % T * (H * W)  # frame (b, t) in a clip
+    stack_y = (torch.arange(B, device=dev) * (H + 2) + 1).repeat_interleave(T)  # frame (b, t) in the stack
+    for m in range(M):  # larger patches first
+        A, centre = tub.matrix[:, m].reshape(B * T, 2, 2), tub.path[:, m].reshape(B * T, 2)
+        half = tub.half_size[:, m].repeat_interleave(T, dim=0)
+        source_centre = tub.source_centre[:, m].repeat_interleave(T, dim=0)
+        source_centre[:, 1] += stack_y
+        # per frame, the affine map of a pixel centre: (X, Y) -> lin @ (X, Y) + off = (n, grid coordinates)
+        inv = _inverse_2x2(A)
+        lin = torch.cat([inv / half.unsqueeze(-1), inv * to_grid.view(1, 2, 1)], 1)  # (B*T, 4, 2)
+        off = torch.cat([torch.zeros_like(half), source_centre * to_grid - 1], 1) \
+            - (lin @ centre.unsqueeze(-1)).squeeze(-1)
+
+        # rasterise: the rows within the patch's bounding box (half height |A_10| W'/2 + |A_11| H'/2), and
+        # in each row the pixels inside the shape; along a row the map is at_row + X * slope, (R, 4) each
+        half_height = (A[:, 1].abs() * half).sum(1)
+        y_first, rows = _pixel_range(centre[:, 1] - half_height, centre[:, 1] + half_height, H)
+        row_frame = torch.repeat_interleave(torch.arange(B * T, device=dev), rows)
+        row_y = y_first[row_frame] + torch.arange(len(row_frame), device=dev) - (rows.cumsum(0) - rows)[row_frame]
+        at_row = off[row_frame] + lin[row_frame, :, 1] * (row_y + 0.5).unsqueeze(1)
+        slope = lin[row_frame, :, 0]
+        shape = tub.shape[:, m].repeat_interleave(T)[row_frame]
+        x_first, width = _pixel_range(*_shape_span(at_row[:, :2], slope[:, :2], shape), W)
+
+        # per pixel (P of them): x and flat index in a clip (B, 3, T, H, W), n and grid coordinates, alpha
+        pixel_row = torch.repeat_interleave(torch.arange(len(row_frame), device=dev), width)
+        x_start = x_first - (width.cumsum(0) - width)  # x of pixel p in its row: x_start + p
+        ints = torch.stack([x_start, frame_offset[row_frame] + row_y * W + x_start])
+        ints = ints.index_select(1, pixel_row) + torch.arange(len(pixel_row), device=dev)  # (2, P)
+        per_frame = torch.stack([tub.edge[:, m].repeat_interleave(T), tub.opacity[:, m].reshape(-1)], 1)
+        per_row = torch.cat([at_row, slope, shape.unsqueeze(1).float(), per_frame[row_frame]], 1)
+        per_pixel = per_row.t().contiguous().index_select(1, pixel_row)  # (11, P)
+        coords = torch.addcmul(per_pixel[:4], per_pixel[4:8], ints[0].float().add_(0.5))  # (4, P)
+        alpha = shape_alpha(coords[:2].t(), per_pixel[8], per_pixel[9]).mul_(per_pixel[10])
+
+        colour = F.grid_sample(stack, coords[2:].t().reshape(1, 1, -1, 2), mode="bilinear",
+                               padding_mode="border", align_corners=False).view(3, -1)
+        index = ints[1] + torch.arange(3, device=dev).view(3, 1) * (T * H * W)  # (3, P), channel planes
+        for clip in clips:
+            flat = clip.view(-1)
+            flat.put_(index, flat.take(index).lerp_(colour, alpha))
+    return clips
+
+
+# ----- spatial and colour augmentation (Sec 5.4.1: random crops, horizontal flip, colour jitter) -----
+
+def random_crop_flip(clips, crop_size):
+    """uint8 (B, T, H, W, 3) clips (one tensor or a list of same-sized ones, stacked along the batch) -> float
+    (sum B, 3, T, crop, crop) in [0, 255]; each clip gets its own crop and flip.
+
+    Multi-scale crop as in the authors' code (frames resized so that the short side is crop * s, s drawn per
+    clip from SCALES, then a random crop x crop window, flipped with p = 0.5), done as: a random square
+    window of side short / s (rounded) is cut and flipped (nearest-neighbour grid_sample, an exact copy of
+    pixels, with the T frames as channels), then resized to crop x crop (bilinear), clips of one scale at once.
+    """
+    clips = [clips] if torch.is_tensor(clips) else list(clips)
+    _, T, H, W, _ = clips[0].shape
+    dev, B, c = clips[0].device, sum(len(clip) for clip in clips), crop_size
+    starts = torch.tensor([0] + [len(clip) for clip in clips]).cumsum(0).tolist()
+    scale = torch.randint(len(SCALES), (B,), device=dev)
+    out = torch.empty(B, 3, T, c, c, device=dev)
+    for k, s in enumerate(SCALES):
+        members = (scale == k).nonzero().squeeze(1)
+        n = len(members)
+        if n == 0:
+            continue
+        frames = torch.cat([clip.index_select(0, members[(members >= a) & (members < a + len(clip))] - a)
+                            for clip, a in zip(clips, starts)])  # uint8 (n, T, H, W, 3)
+        x = torch.empty(n, 3, T, H, W, device=dev)
+        x.copy_(frames.permute(0, 4, 1, 2, 3))
+        side = min(round(min(H, W) / s), H, W)
+        x0 = torch.randint(0, W - side + 1, (n,), device=dev)
+        y0 = torch.randint(0, H - side + 1, (n,), device=dev)
+        flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+        zero = torch.zeros(n, device=dev)
+        theta = torch.stack([flip * side / W, zero, (x0 + side / 2) * 2 / W - 1,
+                             zero, zero + side / H, (y0 + side / 2) * 2 / H - 1], 1).view(n, 2, 3)
+        grid = F.affine_grid(theta, (n, 1, side, side), align_corners=False)
+        window = F.grid_sample(x.view(n, 3 * T, H, W), grid, mode="nearest", align_corners=False)
+        if side != c:
+            window = F.interpolate(window, size=(c, c), mode="bilinear", align_corners=False)
+        out.index_copy_(0, members, window.view(n, 3, T, c, c))
+    return out
+
+
+# YIQ: Y is luma, (I, Q) chroma; rotating (I, Q) shifts hue, scaling it changes saturation.
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+def sample_color_jitter(B, prob, device):
+    """Per clip a 3x3 matrix and offset (B, 3, 3), (B, 3) acting on RGB in [0, 1].
+
+    The authors' jitter (each applied with probability `prob`): brightness + U(-32, 32)/255, contrast
+    x exp(U(-0.2, 0.2)), hue shift U(-24, 24) degrees with saturation x exp(U(-0.1, 0.1)) (their OpenCV
+    HSV hue delta 12 = 24 degrees). All are linear in RGB (hue as a rotation in YIQ), so they compose into one
+    affine map: x -> HS (c (x + b)). We keep their mild strength and probability 0.2 rather than MoCo-v2's
+    strong p = 0.8 jitter: in tubelet mode the pair already differs in content, and the baseline gets the
+    same augmentation so that Table 5.2 compares tubelets only.
+    """
+    def on():
+        return torch.rand(B, device=device) < prob
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(B, device=device)
+
+    b = torch.where(on(), uniform(-32 / 255, 32 / 255), torch.zeros(B, device=device))
+    c = torch.where(on(), torch.exp(uniform(-0.2, 0.2)), torch.ones(B, device=device))
+    hs = on()
+    angle = torch.where(hs, torch.deg2rad(uniform(-24.0, 24.0)), torch.zeros(B, device=device))
+    sat = torch.where(hs, torch.exp(uniform(-0.1, 0.1)), torch.ones(B, device=device))
+    zero, one = torch.zeros(B, device=device), torch.ones(B, device=device)
+    chroma = torch.stack([one, zero, zero,
+                          zero, sat * angle.cos(), -sat * angle.sin(),
+                          zero, sat * angle.sin(), sat * angle.cos()], 1).view(B, 3, 3)
+    matrix = c.view(B, 1, 1) * (_YIQ2RGB.to(device) @ chroma @ _RGB2YIQ.to(device))
+    offset = (matrix @ b.view(B, 1, 1).expand(B, 3, 1)).squeeze(-1)
+    return matrix, offset
+
+
+def apply_color(x, matrix, offset, normalize=True):
+    """x float (B, 3, T, H, W) in [0, 255] -> new tensor, colour-jittered (matrix, offset from
+    `sample_color_jitter`), clamped to [0, 1] and, if `normalize`, standardised with KINETICS_MEAN / STD.
+    /255, jitter and normalisation are one per-clip affine map (one batched matmul) and one clamp; the
+    authors clamp after each jitter, which differs only at saturated pixels."""
+    B = x.shape[0]
+    mean, std = (KINETICS_MEAN, KINETICS_STD) if normalize else ((0.0,) * 3, (1.0,) * 3)
+    m_t, s_t = torch.tensor(mean, device=x.device), torch.tensor(std, device=x.device)
+    out = torch.baddbmm(((offset - m_t) / s_t).unsqueeze(-1), matrix / (255 * s_t.view(1, 3, 1)), x.reshape(B, 3, -1))
+    for c in range(3):  # [0, 1] before normalisation
+        out[:, c].clamp_(-mean[c] / std[c], (1 - mean[c]) / std[c])
+    return out.view_as(x)
+
+
+_CPU_MEMORY_KEPT = []
+
+
+def reuse_freed_cpu_memory():
+    """Asks glibc to keep freed memory for reuse instead of returning every large block to the OS.
+
+    glibc maps each allocation above 32 MiB afresh and unmaps it when freed, so a CPU batch pays for its page
+    faults again on every call; on virtual machines a fault costs microseconds and make_views with batch 32
+    ran 2x slower for it. Process-wide and idempotent; make_views calls it on its first CPU batch. Returns
+    whether it took effect (False without glibc).
+    """
+    if _CPU_MEMORY_KEPT:
+        return _CPU_MEMORY_KEPT[0]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocate up to 1 GiB from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
+        _CPU_MEMORY_KEPT.append(True)
+    except (OSError, AttributeError):
+        _CPU_MEMORY_KEPT.append(False)
+    return _CPU_MEMORY_KEPT[0]
+
+
+@torch.no_grad()
+def make_views(v1, v2, args, normalize=True):
+    """Builds a batch of positive pairs (query v^1, key v^2).
+
+    v1, v2: uint8 (B, T, H, W, 3) clips as decoded (H, W >= crop size), on the training device.
+    tubelet mode: v1, v2 come from two different videos; each gets its own crop and flip, M tubelets cut from
+    the augmented v1 are pasted into both (Eq. 5.3-5.4), then both get the same colour jitter (Sec 5.3.2).
+    temporal mode: v1, v2 are two temporal crops of one video, each cropped, flipped and jittered on its own.
+    Returns float (B, 3, T, crop, crop) each, normalised with KINETICS_MEAN / STD, or in [0, 1] when
+    normalize=False (for pictures). On the CPU the first call turns on `reuse_freed_cpu_memory`.
+    """
+    if v1.device.type == "cpu":
+        reuse_freed_cpu_memory()
+    crop = getattr(args, "crop_size", 112)
+    B, T, dev = v1.shape[0], v1.shape[1], v1.device
+    prob = getattr(args, "jitter_prob", 0.2)
+    if v1.shape == v2.shape:  # (2B, 3, T, crop, crop): v1 then v2, each cropped on its own
+        x = random_crop_flip([v1, v2], crop)
+    else:
+        x = torch.cat([random_crop_flip(v1, crop), random_crop_flip(v2, crop)])
+    if args.mode == "temporal":
+        jitter = sample_color_jitter(2 * B, prob, dev)
+    else:
+        x1, x2 = x[:B], x[B:]
+        tub = sample_tubelets(B, T, crop, crop, args, dev)
+        source = x1[torch.arange(B, device=dev), :, tub.source_frame]  # (B, 3, H, W), a copy
+        paste_tubelets([x1, x2], source, tub)
+        jitter = [j.repeat(2, *[1] * (j.dim() - 1)) for j in sample_color_jitter(B, prob, dev)]  # shared
+    out = apply_color(x, *jitter, normalize)
+    return out[:B], out[B:]
+
+
+# ----- pictures and speed -----
+
+def save_examples(query, key, path, max_pairs=4, frames=4, denormalize=False):
+    """PNG grid: one row per pair, `frames` evenly spaced frames of v^1 then of v^2.
+    query, key: (B, 3, T, H, W) in [0, 1] (make_views(..., normalize=False)); denormalize=True undoes
+    the KINETICS normalisation of make_views(..., normalize=True) outputs instead."""
+    from torchvision.utils import save_image
+    q, k = query[:max_pairs].detach().float().cpu(), key[:max_pairs].detach().float().cpu()
+    if denormalize:
+        mean, std = torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1)
+        q, k = q * std + mean, k * std + mean
+    t = torch.linspace(0, q.shape[2] - 1, frames).round().long()
+    rows = torch.cat([q[:, :, t], k[:, :, t]], dim=2)  # (P, 3, 2 * frames, H, W)
+    tiles = rows.permute(0, 2, 1, 3, 4).flatten(0, 1).clamp(0, 1)
+    save_image(tiles, path, nrow=2 * frames, padding=2, pad_value=1.0)
+
+
+@torch.no_grad()
+def tubelet_benchmark(args, device, batch_size, iters, input_size=None):
+    """Tubelet pairs per second: make_views in tubelet mode (crop, flip, tubelets, colour jitter; decoding
+    excluded) on random uint8 clips, batches of batch_size pairs of clip_len frames, mean over `iters` calls
+    after two warm-up calls. input_size (H, W) of the decoded clips defaults to a square of args.short_side,
+    else of 8/7 crop (128 x 128 for 112). Also prints the time of the same call without tubelets (temporal mode)
+    and of the tubelets alone (sample_tubelets + paste_tubelets into two clips)."""
+    crop, T = getattr(args, "crop_size", 112), getattr(args, "clip_len", 16)
+    side = getattr(args, "short_side", None) or crop * 8 // 7
+    H, W = input_size or (side, side)
+    v1 = torch.randint(0, 256, (batch_size, T, H, W, 3), dtype=torch.uint8, device=device)
+    v2 = torch.randint(0, 256, (batch_size, T, H, W, 3), dtype=torch.uint8, device=device)
+    x = [torch.rand(batch_size, 3, T, crop, crop, device=device) * 255 for _ in range(2)]
+
+    def seconds(fn):
+        for _ in range(2):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / iters
+
+    tubelet_args = argparse.Namespace(**{**vars(args), "mode": "tubelet"})
+    full = seconds(lambda: make_views(v1, v2, tubelet_args))
+    plain = seconds(lambda: make_views(v1, v2, argparse.Namespace(**{**vars(args), "mode": "temporal"})))
+    tubes = seconds(lambda: paste_tubelets(x, x[0][:, :, 0].clone(),
+                                           sample_tubelets(batch_size, T, crop, crop, tubelet_args, device)))
+    print(f"make_views with tubelets ({args.motion} motion, {'+'.join(args.transform) or 'no'} transformation, "
+          f"M={args.num_tubelets}), batch {batch_size} of {T}x{H}x{W} -> {T}x{crop}x{crop} on {device}: "
+          f"{batch_size / full:.1f} pairs/s ({1000 * full:.0f} ms); without tubelets (crop, flip, jitter) "
+          f"{1000 * plain:.0f} ms; tubelets alone {1000 * tubes:.0f} ms ({batch_size / tubes:.0f} pairs/s)",
+          flush=True)
+    return batch_size / full
