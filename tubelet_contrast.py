@@ -1,19 +1,47 @@
-"""Tubelet-Contrastive Self-Supervision (thesis Ch. 5): MoCo pretraining on tubelet positive pairs.
+"""Tubelet-Contrastive Self-Supervision for Video-Efficient Generalization (thesis Chapter 5).
 
-(Placeholder docstring; the training script below the augmentation section documents usage.)
+Two clips v1, v2 from *different* videos receive the same synthetic tubelets: image patches cut
+from v1 that move along a linear or non-linear path and scale, rotate or shear over time
+(Sec 5.3.2-5.3.4). Since the clips share nothing but the tubelets, a MoCo encoder that must tell
+this positive pair apart from clips with other tubelets learns motion rather than appearance
+(Eq. 5.1). `--mode temporal` is the temporal-contrast baseline of Table 5.2.
+
+    # a CPU smoke run on the built-in synthetic videos (a few minutes)
+    python tubelet_contrast.py
+    # one GPU, Mini-Kinetics (Sec 5.4.1: batch 32, queue 16,384)
+    python tubelet_contrast.py --data-root data/kinetics --train-list mini_kinetics_train.txt \
+        --batch-size 32 --queue-size 16384 --workers 8 --amp --out-dir runs/tubelets_minik
+    # 8 GPUs on one node, Kinetics-400 (global batch 8 x 16 = 128, queue 65,536)
+    torchrun --nproc_per_node=8 tubelet_contrast.py --data-root data/kinetics \
+        --train-list kinetics400/train.csv --batch-size 16 --workers 8 --amp --out-dir runs/tubelets_k400
+    # two nodes: the same on each, plus --nnodes=2 --node_rank=R --master_addr=HOST --master_port=29500
+
+Output in --out-dir: checkpoint.pt (resume with --resume auto), log.jsonl (one line per epoch),
+backbone.pt (the query backbone in torchvision keys: finetune it with severe_eval.py) and, with
+--save-examples, examples.png.
 """
 import argparse
 import ctypes
+import json
 import math
+import os
+import random
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from common.backbones import KINETICS_MEAN, KINETICS_STD
+from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
+from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
+                           grad_scaler, load_checkpoint, resume_path, save_atomic, seed_everything, unwrap)
+from common.moco import MoCo, check_queue_size
+from common.synthetic import synthetic_video_dataset
+from common.video import VideoClipDataset, read_samples
 
-# ===== Tubelets and augmentation (Sec 5.3) =====
+# ============ tubelets and augmentation (Sec 5.3) ============
 #
 # Everything below works on whole batches on the device the clips live on. Shapes:
 #   B batch, T frames, H x W frame (after cropping H = W = crop_size), M tubelets per clip.
@@ -451,7 +479,7 @@ def reuse_freed_cpu_memory():
 
     glibc maps each allocation above 32 MiB afresh and unmaps it when freed, so a CPU batch pays for its page
     faults again on every call; on virtual machines a fault costs microseconds and make_views with batch 32
-    ran 2x slower for it. Process-wide and idempotent; make_views calls it on its first CPU batch. Returns
+    ran 2x slower for it. Process-wide and idempotent; main calls it when training on the CPU. Returns
     whether it took effect (False without glibc).
     """
     if _CPU_MEMORY_KEPT:
@@ -475,10 +503,8 @@ def make_views(v1, v2, args, normalize=True):
     the augmented v1 are pasted into both (Eq. 5.3-5.4), then both get the same colour jitter (Sec 5.3.2).
     temporal mode: v1, v2 are two temporal crops of one video, each cropped, flipped and jittered on its own.
     Returns float (B, 3, T, crop, crop) each, normalised with KINETICS_MEAN / STD, or in [0, 1] when
-    normalize=False (for pictures). On the CPU the first call turns on `reuse_freed_cpu_memory`.
+    normalize=False (for pictures). On the CPU, call `reuse_freed_cpu_memory` once first (main does).
     """
-    if v1.device.type == "cpu":
-        reuse_freed_cpu_memory()
     crop = getattr(args, "crop_size", 112)
     B, T, dev = v1.shape[0], v1.shape[1], v1.device
     prob = getattr(args, "jitter_prob", 0.2)
@@ -552,3 +578,285 @@ def tubelet_benchmark(args, device, batch_size, iters, input_size=None):
           f"{1000 * plain:.0f} ms; tubelets alone {1000 * tubes:.0f} ms ({batch_size / tubes:.0f} pairs/s)",
           flush=True)
     return batch_size / full
+
+
+# ============ data: pairs of clips (Sec 5.3.1, 5.3.2) ============
+
+class PairDataset(torch.utils.data.Dataset):
+    """Yields the two uint8 clips (T, H, W, 3) that become one positive pair.
+
+    tubelet:  v1 from video i and v2 from a random *other* video (Sec 5.3.2): the pair shares
+              nothing but the tubelets pasted into both later, on the device.
+    temporal: two random temporal crops of video i (the baseline of Sec 5.3.1 / Table 5.2).
+    """
+
+    def __init__(self, videos, mode):
+        self.videos, self.mode = videos, mode
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, i):
+        v1, _, i = self.videos.load(i)
+        if self.mode == "temporal":
+            v2, _, _ = self.videos.load(i)
+        else:
+            j = (i + random.randrange(1, len(self.videos))) % len(self.videos)
+            v2, _, _ = self.videos.load(j)
+        return square_crop(v1), square_crop(v2)
+
+
+def square_crop(clip):
+    """A random square of side min(H, W) from (T, H, W, 3): videos of any aspect ratio batch
+    together; the random resized crop to --crop-size happens later on the device."""
+    t, h, w, _ = clip.shape
+    s = min(h, w)
+    y, x = random.randint(0, h - s), random.randint(0, w - s)
+    return clip[:, y:y + s, x:x + s]
+
+
+def pretraining_videos(args, d):
+    """The video list (Kinetics-400 CSV or 'path label' list), optionally a random fraction of it."""
+    if args.data_root is None:
+        if d.main:  # rank 0 writes the synthetic dataset once (cached); the others wait for it
+            synthetic_video_dataset()
+        d.barrier()
+        synthetic = synthetic_video_dataset()
+        args.data_root = synthetic["root"]
+        args.train_list = args.train_list or synthetic["train_list"]
+    if args.train_list is None:
+        raise SystemExit("--train-list is required with --data-root (a 'path label' list or the Kinetics-400 CSV)")
+    samples = read_samples(args.train_list, args.data_root)
+    if args.data_fraction < 1.0:  # Fig. 5.6: a random subset of the pretraining videos, drawn by --seed
+        rng = np.random.RandomState(args.seed)
+        keep = int(round(args.data_fraction * len(samples)))
+        samples = [samples[k] for k in sorted(rng.choice(len(samples), keep, replace=False))]
+    return samples
+
+
+# ============ model: R(2+1)D-18 and a projection MLP (Sec 5.4.1) ============
+
+class EncoderWithHead(nn.Module):
+    """Video backbone followed by the 2-layer projection MLP d -> d -> 128 of Sec 5.4.1.
+
+    (B, 3, T, H, W) -> (B, 128); the L2 normalisation happens inside MoCo.
+    """
+
+    def __init__(self, backbone_name, dim=128):
+        super().__init__()
+        self.backbone, width = video_encoder(backbone_name)
+        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+# ============ arguments ============
+
+# Without --data-root the script pretrains on the small built-in synthetic dataset; these
+# CPU-sized values replace the paper's defaults there unless the flag is given explicitly.
+SYNTHETIC_PRESET = dict(epochs=3, batch_size=8, clip_len=8, crop_size=64, patch_size=[8, 32],
+                        delta=[20, 40], queue_size=256, workers=2, print_freq=1)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Tubelet-contrastive self-supervised pretraining (thesis Ch. 5).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser)
+    add_augmentation_args(parser)
+    g = parser.add_argument_group("model and contrast (Sec 5.4.1)")
+    g.add_argument("--backbone", default="r2plus1d_18", choices=["r2plus1d_18", "r3d_18"],
+                   help="R(2+1)D-18 as in Ch. 5; R3D-18 for Table C.2")
+    g.add_argument("--queue-size", type=int, default=65536,
+                   help="MoCo negatives |N| in Eq. 5.1: 65,536 for Kinetics-400, 16,384 for Mini-Kinetics")
+    g.add_argument("--temperature", type=float, default=0.2, help="tau in Eq. 5.1")
+    g.add_argument("--moco-momentum", type=float, default=0.999, help="key encoder momentum")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm across processes instead of MoCo's shuffle-BN")
+    g.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="temporal strides a clip is sampled with, one drawn per clip (as the authors' code)")
+    g.add_argument("--short-side", type=int, default=128,
+                   help="frames are resized to this short side while decoding; crops are taken from them")
+    g.add_argument("--stop-epoch", type=int, default=None,
+                   help="end the run after this many epochs while the cosine schedule still spans --epochs "
+                        "(the authors stopped their 200-epoch schedule after 100: --epochs 200 --stop-epoch 100)")
+    g.add_argument("--data-fraction", type=float, default=1.0,
+                   help="pretrain on this random fraction of the videos, drawn by --seed (Fig. 5.6: 0.05 ... 0.5)")
+    g = parser.add_argument_group("tools")
+    g.add_argument("--save-examples", action="store_true",
+                   help="write OUT_DIR/examples.png with a few v1/v2 pairs of the first batch")
+    g.add_argument("--benchmark", action="store_true",
+                   help="print tubelet, loader and training-step throughput on --device and exit")
+    g.add_argument("--benchmark-iters", type=int, default=5)
+    parser.set_defaults(epochs=100, batch_size=128, lr=0.01, clip_len=16, crop_size=112,
+                        out_dir="runs/tubelet_contrast")
+    args, _ = parser.parse_known_args(argv)
+    if args.data_root is None:
+        parser.set_defaults(**SYNTHETIC_PRESET)
+    args = parser.parse_args(argv)
+    if not 0.0 < args.data_fraction <= 1.0:
+        parser.error(f"--data-fraction {args.data_fraction} must be in (0, 1]")
+    return args
+
+
+# ============ benchmark ============
+
+def benchmark(args, d, loader, model, optimizer):
+    """Throughput of the three parts of a step on this device; prints one line per figure."""
+    bs, iters = args.batch_size, args.benchmark_iters
+    pairs_per_s = tubelet_benchmark(args, d.device, bs, iters)
+    print(f"tubelet pairs/s: {pairs_per_s:.1f}  (make_views: crop, flip, tubelets, colour jitter; "
+          f"batch {bs}, {args.clip_len}x{args.crop_size}x{args.crop_size}, {d.device})", flush=True)
+
+    batches = forever(loader)
+    next(batches)  # worker start-up is not throughput
+    t0, n = time.time(), 0
+    for _ in range(iters):
+        v1, v2 = next(batches)
+        make_views(v1.to(d.device), v2.to(d.device), args)
+        n += v1.shape[0]
+    sync(d.device)
+    print(f"loader pairs/s: {n / (time.time() - t0):.1f}  (decode with {args.workers} workers + make_views)",
+          flush=True)
+
+    v1, v2 = next(batches)
+    q, k = make_views(v1.to(d.device), v2.to(d.device), args)
+    times = []
+    for _ in range(max(2, iters // 2) + 1):
+        t0 = time.time()
+        train_step(model, optimizer, None, grad_scaler(d.device, False), q, k, args, d)
+        sync(d.device)
+        times.append(time.time() - t0)
+    step_s = float(np.median(times[1:]))  # the first step pays for allocations
+    print(f"step pairs/s: {bs / step_s:.1f}  (MoCo step: query fwd+bwd, key fwd, queue update; "
+          f"{step_s:.2f} s per batch of {bs})", flush=True)
+    print(f"tubelets+augmentation / step time: {100 * bs / pairs_per_s / step_s:.1f}%", flush=True)
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ============ training ============
+
+def train_step(model, optimizer, scheduler, scaler, q, k, args, d):
+    """One MoCo step on a batch of positive pairs; returns (loss, positive-pair top-1)."""
+    with autocast(d.device, args.amp):
+        logits, labels = model(q, k)
+        loss = F.cross_entropy(logits, labels)  # InfoNCE, Eq. 5.1
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach(), (logits.argmax(dim=1) == 0).float().mean()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    d = Dist(args.device)
+    seed_everything(args.seed, d.rank)
+    if d.device.type == "cpu":
+        reuse_freed_cpu_memory()
+    os.makedirs(args.out_dir, exist_ok=True)
+    d.print(json.dumps(vars(args)))
+    check_queue_size(args.queue_size, args.batch_size * d.world_size)
+
+    # ---- data: uint8 clips decoded on CPU workers, augmented on the device ----
+    samples = pretraining_videos(args, d)
+    videos = VideoClipDataset(samples, clip_len=args.clip_len, strides=args.strides,
+                              short_side=args.short_side, train=True)
+    dataset = PairDataset(videos, args.mode)
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) \
+        if d.distributed else torch.utils.data.RandomSampler(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)
+    if len(loader) == 0 or len(dataset) < 2:
+        raise SystemExit(f"{len(dataset)} videos are too few for a global batch of "
+                         f"{args.batch_size * d.world_size}; lower --batch-size")
+    d.print(f"{len(dataset)} pretraining videos, {len(loader)} iterations per epoch")
+
+    # ---- model: MoCo around backbone + projection head ----
+    model = MoCo(EncoderWithHead(args.backbone), dim=128, queue_size=args.queue_size,
+                 momentum=args.moco_momentum, temperature=args.temperature,
+                 shuffle_bn=d.distributed and not args.sync_bn)
+    if args.sync_bn and d.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(d.device)
+    if d.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                momentum=0.9, weight_decay=args.weight_decay)
+    total_iters = args.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine decay to zero, per iteration
+        optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total_iters) / total_iters)))
+    scaler = grad_scaler(d.device, args.amp)
+
+    if args.benchmark:
+        if d.distributed:
+            raise SystemExit("--benchmark measures one process; run it without torchrun")
+        benchmark(args, d, loader, model, optimizer)
+        return
+
+    start_epoch = 0
+    ckpt_path = resume_path(args.resume, args.out_dir)
+    if ckpt_path:
+        ckpt = load_checkpoint(ckpt_path)
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = ckpt["epoch"] + 1
+        d.print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+
+    # ---- pretraining loop ----
+    progress = Progress(d, args.epochs, len(loader), args.batch_size * d.world_size, args.print_freq)
+    for epoch in range(start_epoch, min(args.epochs, args.stop_epoch or args.epochs)):
+        if d.distributed:
+            sampler.set_epoch(epoch)
+        model.train()
+        t_epoch, loss_sum, acc_sum = time.time(), 0.0, 0.0
+        for it, (v1, v2) in enumerate(loader):
+            v1 = v1.to(d.device, non_blocking=True)
+            v2 = v2.to(d.device, non_blocking=True)
+            q, k = make_views(v1, v2, args)  # Eq. 5.3-5.7, batched on the device
+            if args.save_examples and epoch == start_epoch and it == 0 and d.main:
+                save_examples(*make_views(v1, v2, args, normalize=False),
+                              os.path.join(args.out_dir, "examples.png"))
+            loss, acc = train_step(model, optimizer, scheduler, scaler, q, k, args, d)
+            loss, acc = loss.item(), acc.item()
+            check_finite(loss, epoch, it)
+            loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
+            progress.step(epoch, it, loss, scheduler.get_last_lr()[0])
+
+        record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)),
+                      pos_top1=d.all_reduce_mean(acc_sum / len(loader)),
+                      lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t_epoch, 1),
+                      bad_videos=videos.counter.failures)
+        if d.main:
+            append_jsonl(os.path.join(args.out_dir, "log.jsonl"), record)
+            print(json.dumps(record), flush=True)
+            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                             epoch=epoch, args=vars(args)),
+                        os.path.join(args.out_dir, "checkpoint.pt"))
+            # the query backbone alone, torchvision keys: what downstream finetuning loads
+            save_atomic(encoder_state_dict(unwrap(model).encoder_q.backbone),
+                        os.path.join(args.out_dir, "backbone.pt"))
+        d.barrier()
+    d.close()
+
+
+if __name__ == "__main__":
+    main()
