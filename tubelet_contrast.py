@@ -661,7 +661,10 @@ SYNTHETIC_PRESET = dict(epochs=3, batch_size=8, clip_len=8, crop_size=64, patch_
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Tubelet-contrastive self-supervised pretraining (thesis Ch. 5).",
+        description="Tubelet-contrastive self-supervised pretraining (thesis Ch. 5). Defaults are the "
+                    "thesis's (Sec 5.4.1). Without --data-root the built-in synthetic videos are used and "
+                    "flags not given take a CPU-sized preset: " +
+                    ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_PRESET.items()) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser)
     add_augmentation_args(parser)

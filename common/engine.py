@@ -30,9 +30,9 @@ def add_common_args(parser, video=True):
     g.add_argument("--val-list", default=None, help="validation list, same format")
     g.add_argument("--out-dir", default="runs/default",
                    help="checkpoint.pt, log.jsonl (and backbone.pt for pretraining) are written here")
-    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--epochs", type=int, default=100, help="passes over the training list")
     g.add_argument("--batch-size", type=int, default=32, help="per process; the global batch is this x processes")
-    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--lr", type=float, default=0.01, help="base learning rate")
     g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
     if video:
         g.add_argument("--clip-len", type=int, default=16, help="frames per clip")
