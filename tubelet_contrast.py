@@ -655,8 +655,8 @@ class EncoderWithHead(nn.Module):
 
 # Without --data-root the script pretrains on the small built-in synthetic dataset; these
 # CPU-sized values replace the paper's defaults there unless the flag is given explicitly.
-SYNTHETIC_PRESET = dict(epochs=3, batch_size=8, clip_len=8, crop_size=64, patch_size=[8, 32],
-                        delta=[20, 40], queue_size=256, workers=2, print_freq=1)
+SYNTHETIC_PRESET = dict(epochs=5, batch_size=4, clip_len=8, crop_size=64, patch_size=[8, 32],
+                        delta=[20, 40], queue_size=256, workers=2, print_freq=6)
 
 
 def parse_args(argv=None):
