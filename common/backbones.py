@@ -5,7 +5,6 @@ the encoders here *are* `torchvision.models.video.r2plus1d_18` / `r3d_18` with `
 identity, so state-dict keys stay torchvision's and any torchvision checkpoint loads with
 `strict=True` once its `fc.*` entries are dropped.
 """
-import torch
 from torch import nn
 from torchvision.models import video as tv_video
 

@@ -1,0 +1,1371 @@
+"""How Severe is Benchmark-Sensitivity in Video Self-Supervised Learning? (thesis Chapter 4)
+
+The SEVERE benchmark: finetune (App. C.4, Table B.2) or linear-probe (Table B.2) an R(2+1)D-18
+checkpoint on downstream setups that shift the domain (SSv2, Gym99), the number of samples
+(UCF101 / Gym99 with 1,000 videos), the action granularity (FX-S1, UB-S1) and the task
+(UCFRep repetition counting, Charades multi-label), and summarise the results as Table 4.4 / 5.8.
+
+    # tiny CPU run on the built-in synthetic videos
+    python severe_eval.py --setup ucf101
+    # finetune tubelet_contrast.py's backbone on Gym (10^3), one GPU
+    python severe_eval.py --setup gym99_1000 --data-root data/finegym --ann-root annotations \
+        --checkpoint runs/tc_k400/backbone.pt --format ours --amp --out-dir runs/severe/tc
+    # all eight SEVERE setups on 4 GPUs, then the table
+    torchrun --nproc_per_node=4 severe_eval.py --setup all ... --out-dir runs/severe/tc
+    python severe_eval.py --summary runs/severe/*
+
+Status: recognition (finetune and linear), multi-label, arrow of time, retrieval and clustering
+run end to end; UCFRep repetition counting is not implemented yet (issue 3).
+"""
+import argparse
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import re
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
+from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
+                           grad_scaler, load_checkpoint, resume_path, save_atomic, seed_everything, unwrap)
+from common.synthetic import synthetic_video_dataset
+from common.video import VideoClipDataset, read_video_list
+
+# ============ downstream setups and their annotation files (Table 4.4, App. B) ============
+#
+# Readers of the official annotation files, exactly as the datasets distribute them. Every reader
+# returns samples in file order as (relative video path, label); paths are relative to the video root
+# (--data-root) and follow the folder layout of the released videos. Malformed lines raise
+# AnnotationError naming "file:lineno"; a missing file raises FileNotFoundError naming the path.
+#
+# Layout under --ann-root (the file names are the official ones):
+#   ucf101/{classInd,trainlist01,testlist01}.txt       ucfTrainTestlist, split 1
+#   hmdb51/<class>_test_split1.txt                      51 files, testTrainMulti_7030_splits
+#   ssv2/something-something-v2-{labels,train,validation}.json
+#   finegym/gym99_{train,val}.txt                       FineGym v1.0
+#   ucfrep/ucf526_annotations.zip                       UCFRep (read inside the zip)
+#   charades/Charades_v1_{train,test}.csv               Charades v1
+
+class AnnotationError(ValueError):
+    """A malformed or inconsistent line in an annotation file; the message starts with 'file:lineno'."""
+
+
+def _annotation_lines(path):
+    """[(lineno, text)] of the non-blank lines of a text file (1-based numbers; CRLF and trailing blanks removed)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [(n, ln.strip()) for n, ln in enumerate(f, 1) if ln.strip()]
+
+
+def _split_fields(path, lineno, text, count):
+    fields = text.split()
+    if len(fields) != count:
+        raise AnnotationError(f"{path}:{lineno}: expected {count} fields, got {len(fields)}: {text!r}")
+    return fields
+
+
+def _parse_int(path, lineno, text, what):
+    try:
+        return int(text)
+    except ValueError:
+        raise AnnotationError(f"{path}:{lineno}: {what} is not an integer: {text!r}") from None
+
+
+# ---- UCF101 (ucfTrainTestlist) ----
+
+def read_ucf101_classes(class_ind):
+    """Class names in label order from classInd.txt ('1 ApplyEyeMakeup', 1-based, in order)."""
+    classes = []
+    for lineno, text in _annotation_lines(class_ind):
+        idx, name = _split_fields(class_ind, lineno, text, 2)
+        if _parse_int(class_ind, lineno, idx, "class index") != len(classes) + 1:
+            raise AnnotationError(f"{class_ind}:{lineno}: class index {idx} out of order (expected {len(classes) + 1})")
+        classes.append(name)
+    return classes
+
+
+def read_ucf101_split(ann_dir, split="train", fold=1):
+    """UCF101 split `fold`: ([('Class/v_Class_gXX_cYY.avi', label)], classes), 0-based labels.
+
+    The label comes from the folder name via classInd.txt, as SEVERE does for both lists; the train
+    list's 1-based index must agree with it. Split 1: 9,537 train / 3,783 test, 101 classes.
+    """
+    classes = read_ucf101_classes(os.path.join(ann_dir, "classInd.txt"))
+    index = {c: i for i, c in enumerate(classes)}
+    path = os.path.join(ann_dir, f"{'trainlist' if split == 'train' else 'testlist'}{fold:02d}.txt")
+    samples = []
+    for lineno, text in _annotation_lines(path):
+        fields = _split_fields(path, lineno, text, 2 if split == "train" else 1)
+        video = fields[0]
+        cls = video.split("/")[0] if "/" in video else None
+        if cls is None or not video.endswith(".avi"):
+            raise AnnotationError(f"{path}:{lineno}: expected 'Class/video.avi', got {video!r}")
+        if cls not in index:
+            raise AnnotationError(f"{path}:{lineno}: unknown class {cls!r} (not in classInd.txt)")
+        if split == "train" and _parse_int(path, lineno, fields[1], "class index") != index[cls] + 1:
+            raise AnnotationError(f"{path}:{lineno}: index {fields[1]} disagrees with class {cls!r} "
+                                  f"(classInd.txt: {index[cls] + 1})")
+        samples.append((video, index[cls]))
+    return samples, classes
+
+
+# ---- HMDB51 (testTrainMulti_7030_splits) ----
+
+HMDB51_SPLIT_IDS = {"train": "1", "test": "2"}  # 0 = not used in this split
+
+
+def read_hmdb51_split(ann_dir, split="train", fold=1):
+    """HMDB51 split `fold`: ([('<class>/<video>.avi', label)], classes).
+
+    One file '<class>_test_split<fold>.txt' per class, lines 'video.avi N'; classes are the file-name
+    prefixes in sorted order; samples class by class, each in file order. Split 1: 3,570 / 1,530.
+    """
+    suffix = f"_test_split{fold}.txt"
+    if not os.path.isdir(ann_dir):
+        raise FileNotFoundError(f"HMDB51 split folder not found: {ann_dir}")
+    classes = sorted(f[: -len(suffix)] for f in os.listdir(ann_dir) if f.endswith(suffix))
+    if not classes:
+        raise FileNotFoundError(f"no '*{suffix}' files in {ann_dir}")
+    wanted = HMDB51_SPLIT_IDS[split]
+    samples = []
+    for label, cls in enumerate(classes):
+        path = os.path.join(ann_dir, cls + suffix)
+        for lineno, text in _annotation_lines(path):
+            video, flag = _split_fields(path, lineno, text, 2)
+            if flag not in ("0", "1", "2"):
+                raise AnnotationError(f"{path}:{lineno}: split id must be 0, 1 or 2, got {flag!r}")
+            if flag == wanted:
+                samples.append((f"{cls}/{video}", label))
+    return samples, classes
+
+
+# ---- Something-Something v2 ----
+
+def read_ssv2_split(labels_json, split_json):
+    """SSv2: ([('<id>.webm', label)], classes) from the labels json and a train/validation json.
+
+    labels json: template text (without brackets) -> class id string. Each entry of the split json
+    is {id, label, template, placeholders}; its class is its template with '[' and ']' removed.
+    Validation: 24,777 videos, 174 classes.
+    """
+    for p in (labels_json, split_json):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"annotation file not found: {p}")
+    with open(labels_json, encoding="utf-8") as f:
+        label_of = {k: int(v) for k, v in json.load(f).items()}
+    classes = [None] * len(label_of)
+    for name, i in label_of.items():
+        classes[i] = name
+    with open(split_json, encoding="utf-8") as f:
+        entries = json.load(f)
+    samples = []
+    for n, entry in enumerate(entries):
+        try:
+            vid, template = entry["id"], entry["template"]
+        except (KeyError, TypeError):
+            raise AnnotationError(f"{split_json}: entry {n}: expected an object with 'id' and 'template', "
+                                  f"got {entry!r}") from None
+        cls = template.replace("[", "").replace("]", "")
+        if cls not in label_of:
+            raise AnnotationError(f"{split_json}: entry {n} (id {vid}): unknown class {cls!r} "
+                                  f"(not in {os.path.basename(labels_json)})")
+        samples.append((f"{vid}.webm", label_of[cls]))
+    return samples, classes
+
+
+# ---- FineGym v1.0: Gym99 and its within-set subsets (Sec 4.5, App. B.2.3) ----
+
+GYM99_SUBSETS = {"fx_s1": range(6, 17),    # Floor Exercise set 1: leaps, jumps and hops (11 classes)
+                 "ub_s1": range(74, 89)}   # Uneven Bars set 1: circles (15 classes)
+
+
+def read_gym99_split(list_path, label_range=None):
+    """Gym99 list '<name>.avi <label>': [(name, label)] in file order (20,484 train / 8,521 val).
+
+    With `label_range` (e.g. GYM99_SUBSETS['fx_s1']) keeps the classes in that range and shifts their
+    labels to start at 0: FX-S1 -> 0..10 (1,882 / 777), UB-S1 -> 0..14 (3,511 / 1,471).
+    """
+    samples = []
+    for lineno, text in _annotation_lines(list_path):
+        video, label = _split_fields(list_path, lineno, text, 2)
+        label = _parse_int(list_path, lineno, label, "label")
+        if not 0 <= label < 99:
+            raise AnnotationError(f"{list_path}:{lineno}: unknown class {label} (Gym99 has labels 0..98)")
+        if label_range is None:
+            samples.append((video, label))
+        elif label in label_range:
+            samples.append((video, label - label_range[0]))
+    return samples
+
+
+# ---- UCFRep repetition counting (Zhang et al. 2020; Sec 4.6.1) ----
+
+class RepetitionVideo(NamedTuple):
+    path: str                 # 'Class/v_Class_gXX_cYY.avi', as in the UCF101 release
+    boundaries: Tuple[int]    # frame numbers (1-based) of the cycle boundaries, first = start, last = end
+    count: int                # repetitions = len(boundaries) - 1
+
+
+def read_ucfrep_split(zip_path, split="train"):
+    """UCFRep videos of `split` ('train' | 'val') from ucf526_annotations.zip: [RepetitionVideo].
+
+    annotations/repetition_label/<Class>.txt holds per video a name line and a line of boundary frames
+    (a lone '0' marks a video without annotation); annotations/{train,val}/<name>.mat name the split.
+    Only the .mat file names are used: their 'temporal_bound' equals the text boundaries. The class
+    folder is the text file's name (UCF101 spelling: 'HandstandPushups/v_HandStandPushups_g01_c01.avi').
+    Sorted by name, as the UCFRep loader lists the split folder. 421 train / 105 val.
+    """
+    if not os.path.isfile(zip_path):
+        raise FileNotFoundError(f"annotation file not found: {zip_path}")
+    if split not in ("train", "val"):
+        raise ValueError(f"UCFRep split must be 'train' or 'val', got {split!r}")
+    labels = {}
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        for member in sorted(n for n in names if n.startswith("annotations/repetition_label/") and n.endswith(".txt")):
+            cls = os.path.basename(member)[:-4]
+            where = f"{zip_path}:{member}"
+            text = zf.read(member).decode("utf-8")
+            lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+            if len(lines) % 2:
+                raise AnnotationError(f"{where}:{lines[-1][0]}: video name without a boundary line")
+            for (n_name, name), (n_b, bound) in zip(lines[0::2], lines[1::2]):
+                if not name.startswith("v_"):
+                    raise AnnotationError(f"{where}:{n_name}: expected a video name 'v_...', got {name!r}")
+                labels[name] = (cls, tuple(_parse_int(where, n_b, b, "boundary frame") for b in bound.split()), n_b)
+        prefix = f"annotations/{split}/"
+        split_names = sorted(os.path.basename(n)[:-4] for n in names if n.startswith(prefix) and n.endswith(".mat"))
+    videos = []
+    for name in split_names:
+        if name not in labels:
+            raise AnnotationError(f"{zip_path}:{prefix}{name}.mat: no repetition label for {name!r}")
+        cls, bounds, n_b = labels[name]
+        if len(bounds) < 2 or list(bounds) != sorted(bounds):
+            raise AnnotationError(f"{zip_path}:annotations/repetition_label/{cls}.txt:{n_b}: "
+                                  f"{name} needs at least two increasing boundaries, got {list(bounds)}")
+        videos.append(RepetitionVideo(f"{cls}/{name}.avi", bounds, len(bounds) - 1))
+    return videos
+
+
+# ---- Charades v1 multi-label classification (Sec 4.6.2) ----
+
+CHARADES_NUM_CLASSES = 157
+
+
+class CharadesVideo(NamedTuple):
+    path: str        # '<id>.mp4'
+    actions: list    # [(class_index, start_s, end_s)]; empty for a video without actions
+    length: float    # video length in seconds
+
+
+def read_charades_csv(csv_path):
+    """Charades_v1_{train,test}.csv -> [CharadesVideo] in file order.
+
+    Columns id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length;
+    actions 'c092 11.90 21.20;c147 0.00 12.60' (class, start and end in seconds) or empty.
+    """
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"annotation file not found: {csv_path}")
+    videos = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"id", "actions", "length"} - set(reader.fieldnames or ())
+        if missing:
+            raise AnnotationError(f"{csv_path}:1: missing column(s) {sorted(missing)}")
+        for row in reader:
+            where = f"{csv_path}:{reader.line_num}"
+            actions = []
+            for item in (row["actions"] or "").split(";"):
+                if not item.strip():
+                    continue
+                fields = item.split()
+                if len(fields) != 3 or len(fields[0]) != 4 or fields[0][0] != "c" or not fields[0][1:].isdigit():
+                    raise AnnotationError(f"{where}: expected 'cXXX start end', got {item!r}")
+                cls = int(fields[0][1:])
+                if cls >= CHARADES_NUM_CLASSES:
+                    raise AnnotationError(f"{where}: unknown class {fields[0]!r} (Charades has c000..c156)")
+                try:
+                    start, end = float(fields[1]), float(fields[2])
+                except ValueError:
+                    raise AnnotationError(f"{where}: bad times in {item!r}") from None
+                actions.append((cls, start, end))
+            try:
+                length = float(row["length"])
+            except (TypeError, ValueError):
+                raise AnnotationError(f"{where}: bad length {row['length']!r}") from None
+            videos.append(CharadesVideo(f"{row['id']}.mp4", actions, length))
+    return videos
+
+
+def frame_labels(actions, num_frames, fps):
+    """Per-frame multi-hot targets: (num_frames, 157) bool.
+
+    Frame i (0-based) shows time t = i / fps; class c is on when start < t < end for one of its
+    intervals (the open-interval rule of the Charades reference loaders). A clip's target is the
+    union over its frames: frame_labels(...)[indices].any(0).
+    """
+    t = np.arange(num_frames, dtype=np.float64) / fps
+    out = np.zeros((num_frames, CHARADES_NUM_CLASSES), dtype=bool)
+    for cls, start, end in actions:
+        out[:, cls] |= (t > start) & (t < end)
+    return out
+
+
+# ---- low-shot subsets (Sec 4.4, App. B.2.2) ----
+
+def low_shot_subset(samples, num_classes=None, total=1000, seed=99999):
+    """The SEVERE 10^3 subset of `samples` [(path, label)]: ceil(total / num_classes) videos per class.
+
+    One np.random.RandomState(seed) walks the classes in ascending label order and draws
+    choice(n_c, k, replace=False) positions among that class's videos in list order (a permutation of
+    all n_c when n_c < k). The result is class by class, each class in the order drawn (positions are
+    not sorted), as SEVERE's get_subset_data. `num_classes` defaults to the number of distinct labels,
+    which is what SEVERE divides by. UCF101: k = 10 -> 1,010 videos; Gym99: k = 11 -> 1,089.
+    """
+    labels = np.array([label for _, label in samples])
+    present = sorted(set(labels.tolist()))
+    k = math.ceil(total / (num_classes or len(present)))
+    rng = np.random.RandomState(seed)
+    subset = []
+    for c in present:
+        members = np.flatnonzero(labels == c)
+        picks = rng.choice(len(members), min(k, len(members)), replace=False)
+        subset.extend(samples[i] for i in members[picks])
+    return subset
+
+
+# ---- the setups (Table 4.4 + standard UCF101/HMDB51 + arrow of time) ----
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimisation schedule: multi-step lr decay by `gamma` at `milestones` (epochs)."""
+    lr: float
+    epochs: int
+    milestones: Tuple[int, ...]
+    batch_size: int
+    gamma: float = 0.1             # App. B.2 (the authors' yaml files use 0.3 with epochs x 10 clips/video)
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0     # linear warm-up from warmup_lr (Charades, SlowFast recipe)
+    warmup_lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    title: str                     # column name in Table 4.4 / C.4
+    dataset: str                   # ucf101 | hmdb51 | ssv2 | gym99 | ucfrep | charades
+    task: str                      # recognition | counting | multilabel | aot
+    num_classes: int               # outputs of the head (counting: 1, aot: 2)
+    metric: str                    # top1 | mean_class_acc | mean_count_error | map
+    train_files: Tuple[str, ...]   # relative to --ann-root ('*' = one file per class)
+    test_files: Tuple[str, ...]
+    finetune: Schedule             # Table C.4 (App. B.2 for UCF101 / HMDB51 / arrow of time)
+    linear: Optional[Schedule]     # Table B.2; None where the thesis gives no linear protocol
+    subset_size: Optional[int] = None       # low-shot training subset (Sec 4.4): total videos asked for
+    label_range: Optional[Tuple[int, int]] = None  # Gym99 within-set subset: [first, last + 1)
+
+
+_UCF_FILES = ("ucf101/classInd.txt", "ucf101/trainlist01.txt"), ("ucf101/classInd.txt", "ucf101/testlist01.txt")
+_HMDB_FILES = ("hmdb51/*_test_split1.txt",), ("hmdb51/*_test_split1.txt",)
+_SSV2_FILES = (("ssv2/something-something-v2-labels.json", "ssv2/something-something-v2-train.json"),
+               ("ssv2/something-something-v2-labels.json", "ssv2/something-something-v2-validation.json"))
+_GYM_FILES = ("finegym/gym99_train.txt",), ("finegym/gym99_val.txt",)
+_UCFREP_FILES = ("ucfrep/ucf526_annotations.zip",), ("ucfrep/ucf526_annotations.zip",)
+_CHARADES_FILES = ("charades/Charades_v1_train.csv",), ("charades/Charades_v1_test.csv",)
+
+_FT_STANDARD = Schedule(1e-4, 160, (60, 100, 140), 32)        # UCF101, HMDB51, Gym99
+_FT_SSV2 = Schedule(1e-4, 45, (25, 35, 40), 32)
+_FT_LOW_SHOT = Schedule(1e-4, 160, (80, 120, 140), 32)
+_FT_GYM_SETS = Schedule(1e-4, 160, (70, 120, 140), 32)
+_FT_UCF_RC = Schedule(5e-5, 100, (), 32)
+# Charades: SlowFast recipe of the SEVERE config (SGD momentum 0.9, wd 1e-4, 4 warm-up epochs from 1e-4)
+_FT_CHARADES = Schedule(0.0375, 57, (41, 49), 16, optimizer="sgd", weight_decay=1e-4, warmup_epochs=4.0,
+                        warmup_lr=1e-4)
+_FT_AOT = Schedule(1e-5, 10, (), 12)                          # App. B.2.4: no scheduler, no augmentation
+_LIN_UCF = Schedule(0.01, 100, (40, 80), 64)                  # Table B.2
+_LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64)
+_LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64)
+
+SETUPS = {s.name: s for s in (
+    Setup("ssv2", "SS-v2", "ssv2", "recognition", 174, "top1", *_SSV2_FILES, _FT_SSV2, _LIN_SSV2),
+    Setup("gym99", "Gym-99", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM),
+    Setup("ucf_1000", "UCF (10^3)", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_LOW_SHOT, _LIN_UCF,
+          subset_size=1000),
+    Setup("gym99_1000", "Gym-99 (10^3)", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_LOW_SHOT, _LIN_GYM,
+          subset_size=1000),
+    Setup("fx_s1", "FX-S1", "gym99", "recognition", 11, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
+          label_range=(6, 17)),
+    Setup("ub_s1", "UB-S1", "gym99", "recognition", 15, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
+          label_range=(74, 89)),
+    Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
+    Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
+          _FT_CHARADES, None),
+    Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
+    Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
+    Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None),
+)}
+SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
+
+
+def setup_samples(setup_name, split, ann_root, subset_seed=99999):
+    """[(relative video path, target)] of a setup's 'train' or 'test' split, remaps and subsets applied.
+
+    Targets: class index (recognition); 0 = forward / 1 = reversed (ucf_aot: every UCF101 video twice,
+    forward then reversed); RepetitionVideo boundaries tuple (ucf_rc; count = len - 1); the list of
+    (class, start_s, end_s) actions (charades). The low-shot subset is drawn from the train split only.
+    """
+    if setup_name not in SETUPS:
+        raise KeyError(f"unknown setup {setup_name!r}; choose from {', '.join(SETUPS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    s = SETUPS[setup_name]
+    files = [os.path.join(ann_root, f) for f in (s.train_files if split == "train" else s.test_files)]
+    if s.dataset == "ucf101":
+        samples = read_ucf101_split(os.path.dirname(files[1]), split)[0]
+    elif s.dataset == "hmdb51":
+        samples = read_hmdb51_split(os.path.dirname(files[0]), split)[0]
+    elif s.dataset == "ssv2":
+        samples = read_ssv2_split(files[0], files[1])[0]
+    elif s.dataset == "gym99":
+        samples = read_gym99_split(files[0], range(*s.label_range) if s.label_range else None)
+    elif s.dataset == "ucfrep":
+        samples = [(v.path, v.boundaries) for v in read_ucfrep_split(files[0], "train" if split == "train" else "val")]
+    elif s.dataset == "charades":
+        samples = [(v.path, v.actions) for v in read_charades_csv(files[0])]
+    else:
+        raise ValueError(f"setup {setup_name!r} has an unknown dataset {s.dataset!r}")
+    if s.subset_size and split == "train":
+        samples = low_shot_subset(samples, s.num_classes, s.subset_size, subset_seed)
+    if s.task == "aot":
+        samples = [(path, direction) for path, _ in samples for direction in (0, 1)]
+    return samples
+
+
+def print_split(setup_name, split, ann_root, subset_seed=99999):
+    """Print the relative video paths of a setup's split, one per line, in list order."""
+    for path, _ in setup_samples(setup_name, split, ann_root, subset_seed):
+        print(path)
+
+
+# ============ checkpoints: every SEVERE format into torchvision keys ============
+#
+# Every method of Table 4.2 is evaluated with the same network, torchvision's R(2+1)D-18, but each
+# pretraining code base saved it under its own names. Below, one rule per layout turns a released
+# checkpoint into torchvision keys (fc and projection heads, key encoders, queues and audio networks
+# dropped); the encoder is then loaded STRICTLY, so a layout we got wrong fails loudly instead of
+# finetuning from random weights (SEVERE's own loader used strict=False). The layouts are those of
+# the authors' loaders in the SEVERE-BENCHMARK repository (action_recognition/backbones.py); AVID-CMA
+# and RSPNet are the checkpoints the SEVERE authors re-trained with the torchvision R(2+1)D-18 (the
+# original releases use a different network), CtP and Tubelet Contrast the mmcv/pyvrl code's names.
+
+# name -> (entry of the saved dict holding the state dict or None for a bare state dict,
+#          prefix of the backbone's keys inside it, key rename applied after the prefix is cut)
+CHECKPOINT_LAYOUTS = {
+    "ours":             (None, "", None),                          # tubelet_contrast.py's backbone.pt
+    "supervised":       (None, "", None),                          # torchvision's K400 r2plus1d_18 weights
+    "moco":             ("state_dict", "module.encoder_q.", None),
+    "video_moco":       ("state_dict", "module.encoder_q.", None),
+    "selavi":           ("model", "module.video_network.base.", None),
+    "avid_cma":         ("model", "module.video_model.", None),
+    "gdt":              ("model", "video_network.base.", None),
+    "rspnet":           ("model", "encoder_q.encoder.base_network.", "numbered_stages"),
+    "pretext_contrast": (None, "module.base_network.", "numbered_stages"),
+    "ctp":              ("state_dict", "backbone.", "pyvrl"),
+    "tubelet_contrast": ("state_dict", "backbone.", "pyvrl"),
+    "tclr":             ("state_dict", "module.0.", None),
+}
+# our own checkpoint.pt (the whole MoCo model) is also read as "ours"
+OURS_MOCO_PREFIX = "encoder_q.backbone."
+CHECKPOINT_FORMATS = tuple(CHECKPOINT_LAYOUTS)
+
+# pyvrl (CtP, Tubelet Contrast) names a (2+1)D conv Sequential(conv_s, bn_s, relu_s, conv_t) and keeps
+# the block's BN beside it (bn1, bn2) and the shortcut's BN as downsample_bn; torchvision nests them:
+# convN = Sequential(Conv2Plus1D(0: conv_s, 1: bn_s, 2: relu, 3: conv_t), 1: BN, 2: ReLU),
+# downsample = Sequential(0: conv, 1: BN). The stem is Sequential(0: conv_s, 1: bn_s, 2: relu, 3: conv_t, 4: bn_t).
+PYVRL_RENAMES = [
+    (r"^stem\.conv_s\.", "stem.0."),
+    (r"^stem\.bn_s\.", "stem.1."),
+    (r"^stem\.conv_t\.", "stem.3."),
+    (r"^stem\.bn_t\.", "stem.4."),
+    (r"^(layer\d\.\d+)\.(conv[12])\.conv_s\.", r"\1.\2.0.0."),
+    (r"^(layer\d\.\d+)\.(conv[12])\.bn_s\.", r"\1.\2.0.1."),
+    (r"^(layer\d\.\d+)\.(conv[12])\.conv_t\.", r"\1.\2.0.3."),
+    (r"^(layer\d\.\d+)\.bn([12])\.", r"\1.conv\2.1."),
+    (r"^(layer\d\.\d+)\.downsample\.conv\.", r"\1.downsample.0."),
+    (r"^(layer\d\.\d+)\.downsample\.(weight|bias)$", r"\1.downsample.0.\2"),  # a bare Conv3d shortcut
+    (r"^(layer\d\.\d+)\.downsample_bn\.", r"\1.downsample.1."),
+]
+
+
+def rename_pyvrl_key(key):
+    for pattern, replacement in PYVRL_RENAMES:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return key  # unknown names stay as they are and show up as 'unexpected' in the strict load
+
+
+def rename_numbered_stage_key(key):
+    """RSPNet / Pretext-Contrast keep the network as one Sequential: 0 = stem, 1..4 = layer1..4."""
+    stage, rest = key.split(".", 1)
+    if not stage.isdigit():
+        return key
+    return ("stem." if stage == "0" else f"layer{stage}.") + rest
+
+
+KEY_RENAMES = {None: lambda k: k, "pyvrl": rename_pyvrl_key, "numbered_stages": rename_numbered_stage_key}
+
+
+def build_backbone(variant="r2plus1d_18"):
+    """Returns (encoder without fc, feature_dim): (B, 3, T, H, W) -> (B, 512).
+
+    'r2plus1d_18' (and 'r3d_18') are common.backbones.video_encoder. 'r2plus1d_18_tclr' is the network
+    TCLR was pretrained with: torchvision's R(2+1)D-18 whose layer4 keeps the temporal resolution,
+    because layer4.0.conv1's (2+1)D conv is one full 3x3x3 conv with stride (1, 2, 2), dilation (2, 1, 1)
+    and padding (2, 1, 1), and the shortcut conv has stride (1, 2, 2). Keys stay torchvision's, except
+    that layer4.0.conv1.0 is a single conv (`layer4.0.conv1.0.weight`, 512 x 256 x 3 x 3 x 3).
+    """
+    if variant == "r2plus1d_18_tclr":
+        net, feature_dim = video_encoder("r2plus1d_18")
+        block = net.layer4[0]
+        block.conv1[0] = nn.Conv3d(256, 512, kernel_size=(3, 3, 3), stride=(1, 2, 2), padding=(2, 1, 1),
+                                   dilation=(2, 1, 1), bias=False)
+        block.downsample[0] = nn.Conv3d(256, 512, kernel_size=(1, 1, 1), stride=(1, 2, 2), bias=False)
+        return net, feature_dim
+    return video_encoder(variant)
+
+
+def backbone_variant(fmt, default="r2plus1d_18"):
+    """The build_backbone variant a checkpoint format needs: TCLR's own layer4, else `default`."""
+    return "r2plus1d_18_tclr" if fmt == "tclr" else default
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
+
+
+def guess_format(raw):
+    """The format name of a loaded checkpoint, from where its backbone keys live.
+
+    Layouts that are identical on disk get one name: moco for moco / video_moco, ctp for ctp /
+    tubelet_contrast (they convert the same way); a bare torchvision state dict is 'supervised' when it
+    still has the fc layer and 'ours' (backbone.pt) when it has not.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"cannot guess the format of a {type(raw).__name__}; pass --format")
+    for entry, prefixes in (("state_dict", (("module.encoder_q.", "moco"), ("backbone.", "ctp"),
+                                            ("module.0.", "tclr"))),
+                            ("model", (("module.video_network.base.", "selavi"), ("module.video_model.", "avid_cma"),
+                                       ("video_network.base.", "gdt"), ("encoder_q.encoder.base_network.", "rspnet"),
+                                       (OURS_MOCO_PREFIX, "ours")))):
+        if isinstance(raw.get(entry), dict):
+            keys = list(raw[entry])
+            for prefix, name in prefixes:
+                if any(k.startswith(prefix) for k in keys):
+                    return name
+    if _is_state_dict(raw):
+        keys = list(raw)
+        if any(k.startswith("module.base_network.") for k in keys):
+            return "pretext_contrast"
+        if "stem.0.weight" in raw and any(k.startswith("layer4.") for k in keys):
+            return "supervised" if "fc.weight" in raw else "ours"
+    top = ", ".join(map(str, list(raw)[:8]))
+    raise ValueError(f"cannot guess the checkpoint format (top-level keys: {top}); pass --format, one of "
+                     + ", ".join(CHECKPOINT_FORMATS))
+
+
+def convert_checkpoint(raw, fmt):
+    """A loaded checkpoint of format `fmt` -> {torchvision key: tensor} of the backbone alone.
+
+    Only keys under the layout's backbone prefix are kept (heads, key encoders, queues, audio networks,
+    optimizer state are dropped), the prefix is cut, the layout's rename applied and fc.* dropped.
+    """
+    if fmt == "auto":
+        fmt = guess_format(raw)
+    if fmt not in CHECKPOINT_LAYOUTS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; choose from {', '.join(CHECKPOINT_FORMATS)}")
+    entry, prefix, rename = CHECKPOINT_LAYOUTS[fmt]
+    if fmt == "ours" and isinstance(raw, dict) and isinstance(raw.get("model"), dict):  # checkpoint.pt
+        entry, prefix = "model", OURS_MOCO_PREFIX
+    state = raw if entry is None else raw.get(entry)
+    if not isinstance(state, dict):
+        found = ", ".join(map(str, list(raw)[:8])) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{fmt} checkpoint: expected the weights under {entry!r}, found {found}")
+    rename = KEY_RENAMES[rename]
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(prefix) or not torch.is_tensor(value):
+            continue
+        new = rename(key[len(prefix):])
+        if new.startswith("fc."):
+            continue
+        out[new] = value
+    if not out:
+        raise ValueError(f"{fmt} checkpoint: no tensor under the backbone prefix {prefix!r}")
+    return out
+
+
+def read_checkpoint(path):
+    """torch.load on the CPU, safely first.
+
+    Several public checkpoints of Table 4.2 pickle more than tensors (argparse.Namespace, numpy
+    scalars, AMP scalers) and weights_only=True refuses them. Only then is the file opened with
+    weights_only=False, which EXECUTES the pickle's code: do this only for the named public
+    checkpoints or files you made yourself.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        print(f"{path}: not loadable with weights_only=True; opening it with full unpickling (trusted file)",
+              flush=True)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_pretrained(path, fmt, encoder):
+    """Loads checkpoint `path` of format `fmt` ('auto' guesses it) strictly into `encoder`.
+
+    Returns dict(checkpoint, format, sha256, tensors); raises listing missing / unexpected keys.
+    """
+    raw = read_checkpoint(path)
+    if fmt == "auto":
+        fmt = guess_format(raw)
+    state = convert_checkpoint(raw, fmt)
+    try:
+        load_encoder_weights(encoder, state, source=f"{path} ({fmt})")
+    except RuntimeError as e:
+        if fmt == "tclr" or "layer4.0.conv1.0.weight" in str(e):
+            raise RuntimeError(f"{e}\n  (TCLR checkpoints need build_backbone('r2plus1d_18_tclr'), "
+                               f"other formats the standard r2plus1d_18)") from None
+        raise
+    return dict(checkpoint=path, format=fmt, sha256=file_sha256(path), tensors=len(state))
+
+
+# ============ clips for finetuning and testing (App. C.4) ============
+
+class Clips(torch.utils.data.Dataset):
+    """Finetuning / test clips of a setup, cropped on the CPU worker, as uint8 (T, 3, S, S).
+
+    train: one clip per video, random multi-scale crop (side = short side x U(0.6, 1)) resized to
+           `crop_size`, horizontal flip p = 0.5 (App. C.4; colour jitter follows on the device).
+    test:  `num_clips` uniformly spaced clips, centre crop: (num_clips, T, 3, S, S).
+    aot:   arrow of time (Table 4.3): every video is listed twice, target 0 (forward) and 1
+           (the clip reversed here).
+    targets: per video an int label, or for multi-label a (C,) float multi-hot tensor.
+    """
+
+    def __init__(self, videos, targets, crop_size, train, aot=False):
+        self.videos, self.targets, self.crop_size = videos, targets, crop_size
+        self.train, self.aot = train, aot
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, i):
+        item = self.videos[i]
+        clip = item["clip"]  # (T, H, W, 3) or (num_clips, T, H, W, 3)
+        clips = clip if clip.dim() == 5 else clip[None]
+        n, t, h, w, _ = clips.shape
+        if self.train:
+            side = int(min(h, w) * random.uniform(0.6, 1.0))
+            y, x = random.randint(0, h - side), random.randint(0, w - side)
+        else:
+            side = min(h, w)
+            y, x = (h - side) // 2, (w - side) // 2
+        clips = clips[:, :, y:y + side, x:x + side].permute(0, 1, 4, 2, 3).reshape(n * t, 3, side, side)
+        clips = F.interpolate(clips.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
+                              align_corners=False, antialias=side > self.crop_size)
+        clips = clips.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, self.crop_size, self.crop_size)
+        if self.train and random.random() < 0.5:
+            clips = clips.flip(-1)
+        target = self.targets[item["index"]]
+        if self.aot and target == 1:  # arrow of time: target 1 = the clip played backwards
+            clips = clips.flip(1)
+        return (clips if clip.dim() == 5 else clips[0]), target, item["index"]
+
+
+# Input normalisation per checkpoint layout, as each was pretrained and as SEVERE finetunes it:
+# (mean, std, reverse the channel order). Our models and torchvision's use the Kinetics statistics,
+# SEVERE's loaders the ImageNet ones, TCLR raw [0, 1] input in BGR order.
+INPUT_NORMALIZATION = {
+    "ours": (KINETICS_MEAN, KINETICS_STD, False), "supervised": (KINETICS_MEAN, KINETICS_STD, False),
+    "scratch": (KINETICS_MEAN, KINETICS_STD, False), "tclr": ((0.0,) * 3, (1.0,) * 3, True),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+}
+
+
+def to_input(clips, device, train, norm=INPUT_NORMALIZATION["ours"]):
+    """uint8 (..., T, 3, S, S) -> normalised float (N, 3, T, S, S) on the device; training clips
+    also get colour jitter (brightness, contrast, saturation; App. C.4), batched."""
+    x = clips.to(device, non_blocking=True).flatten(0, -5).float().div_(255).permute(0, 2, 1, 3, 4)
+    if train:
+        n = x.shape[0]
+        rand = lambda lo, hi: torch.empty(n, 1, 1, 1, 1, device=device).uniform_(lo, hi)
+        x = x * rand(0.6, 1.4)  # brightness
+        mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+        x = (x - mean) * rand(0.6, 1.4) + mean  # contrast
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1, 1)).sum(1, keepdim=True)
+        x = ((x - grey) * rand(0.6, 1.4) + grey).clamp_(0, 1)  # saturation
+    mean, std, bgr = norm
+    if bgr:
+        x = x.flip(1)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+# ============ model: pretrained backbone + a new head ============
+
+class Classifier(nn.Module):
+    """backbone (B, 3, T, H, W) -> (B, feature_dim) -> dropout -> linear head (B, num_outputs).
+
+    linear=True is the linear probe of Table B.2: the backbone is frozen and stays in eval mode,
+    so its BatchNorm statistics do not move either."""
+
+    def __init__(self, backbone, feature_dim, num_outputs, linear=False, dropout=0.5):
+        super().__init__()
+        self.backbone, self.linear = backbone, linear
+        self.dropout = nn.Dropout(0.0 if linear else dropout)
+        self.fc = nn.Linear(feature_dim, num_outputs)
+        if linear:
+            for p in self.backbone.parameters():
+                p.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.linear:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x):
+        return self.fc(self.dropout(self.backbone(x)))
+
+
+# ============ metrics (Table 4.4) ============
+#
+# Inputs may be numpy arrays or torch tensors (moved to the CPU); results are Python floats or
+# numpy arrays. Accuracies, precisions and recalls are fractions in [0, 1]: multiply by 100 for the
+# tables. The counting error is the ratio the tables print (UCF-RC: 0.150 = 15% off on average).
+# Shapes: N test videos, C classes, M training videos, D feature dimensions.
+
+
+def _numpy(x, dtype=None):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def top1(scores, labels):
+    """Top-1 accuracy. scores (N, C), labels (N,) ints -> fraction of argmax(scores) == label.
+    Ties between classes go to the lowest class index (np.argmax)."""
+    scores, labels = _numpy(scores), _numpy(labels).reshape(-1)
+    if scores.ndim != 2 or scores.shape[0] != labels.shape[0] or labels.size == 0:
+        raise ValueError(f"top1: scores {scores.shape} and labels {labels.shape} must be (N, C), (N,) with N > 0")
+    return float(np.mean(scores.argmax(1) == labels))
+
+
+def per_class_accuracy(scores, labels, num_classes):
+    """Top-1 accuracy of each class over its own test videos: (num_classes,) float array, NaN for a
+    class without test videos. Ties in scores go to the lowest class index, as in top1."""
+    scores, labels = _numpy(scores), _numpy(labels).reshape(-1).astype(np.int64)
+    if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
+        raise ValueError(f"per_class_accuracy: scores {scores.shape}, labels {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"per_class_accuracy: labels must lie in [0, {num_classes})")
+    correct = (scores.argmax(1) == labels).astype(np.float64)
+    count = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    hits = np.bincount(labels, weights=correct, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+
+
+def mean_class_accuracy(scores, labels, num_classes, absent_as_zero=False):
+    """Mean per-class top-1 accuracy ("Top-1 accuracy (mean per-class)", Sec 4.5, used for the
+    FineGym setups): the mean of per_class_accuracy over the classes that occur in the test labels.
+
+    Classes of the label space without any test video are left out of the mean (default). The
+    authors' code (SEVERE-BENCHMARK action_recognition/test.py) instead averages over all
+    `num_classes` and counts a class without test videos as accuracy 0; absent_as_zero=True does
+    the same. The two agree whenever every class has a test video."""
+    acc = per_class_accuracy(scores, labels, num_classes)
+    if absent_as_zero:
+        return float(np.nan_to_num(acc, nan=0.0).mean())
+    present = ~np.isnan(acc)
+    if not present.any():
+        raise ValueError("mean_class_accuracy: no test labels")
+    return float(acc[present].mean())
+
+
+def mean_average_precision(scores, targets):
+    """Multi-label mAP (Charades, Table 4.4). scores (N, C) real, targets (N, C) multi-hot {0, 1}.
+
+    AP of class c = mean over its positive videos of the precision among the videos ranked at or
+    above that video by score[:, c]. Ties: videos with equal scores form one block, and every
+    positive in a block gets the precision at the end of the block (all tied videos counted as
+    retrieved). This is independent of the input order and equals sklearn's
+    average_precision_score, which SEVERE's Charades evaluation (slowfast/utils/meters.py get_map)
+    calls after dropping classes without positives.
+
+    Returns (mAP over the classes with >= 1 positive, per-class AP (C,) with NaN for classes
+    without positives). Both are fractions in [0, 1]."""
+    scores, targets = _numpy(scores, np.float64), _numpy(targets)
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise ValueError(f"mean_average_precision: scores {scores.shape} and targets {targets.shape} must be (N, C)")
+    positive = targets > 0
+    ap = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        num_pos = positive[:, c].sum()
+        if num_pos == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        s, y = scores[order, c], positive[order, c]
+        # index of the last video of each tie block, for every position in the ranking
+        block_end = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+        end = block_end[np.searchsorted(block_end, np.arange(len(s)))]
+        precision = np.cumsum(y)[end] / (end + 1)
+        ap[c] = precision[y].sum() / num_pos
+    if np.isnan(ap).all():
+        raise ValueError("mean_average_precision: no class has a positive video")
+    return float(np.nanmean(ap)), ap
+
+
+def counting_error(pred_counts, gt_counts):
+    """Mean absolute counting error of repetition counting (UCF-RC, Table 4.4):
+    mean over videos of |pred - gt| / gt, as a ratio (0.15 = 15%). Predicted counts are used as
+    given (SEVERE's counter produces fractional counts and does not round them). gt must be > 0."""
+    pred, gt = _numpy(pred_counts, np.float64).reshape(-1), _numpy(gt_counts, np.float64).reshape(-1)
+    if pred.shape != gt.shape or gt.size == 0 or (gt <= 0).any():
+        raise ValueError("counting_error: need equally many predicted and true counts, all true counts > 0")
+    return float(np.mean(np.abs(pred - gt) / gt))
+
+
+def off_by_one_accuracy(pred_counts, gt_counts):
+    """Fraction of videos whose predicted count is within one of the truth: |pred - gt| <= 1."""
+    pred, gt = _numpy(pred_counts, np.float64).reshape(-1), _numpy(gt_counts, np.float64).reshape(-1)
+    if pred.shape != gt.shape or gt.size == 0:
+        raise ValueError("off_by_one_accuracy: need equally many (> 0) predicted and true counts")
+    return float(np.mean(np.abs(pred - gt) <= 1))
+
+
+def retrieval_recall_at_k(test_feats, test_labels, train_feats, train_labels, ks=(1, 5, 10, 20), chunk=1024):
+    """Nearest-neighbour video retrieval: each test video queries the training set by cosine
+    similarity of features; it is a hit at k when any of its k most similar training videos has
+    its label. test_feats (N, D), train_feats (M, D), labels ints. Equal similarities are ranked
+    by training index (stable sort). Returns {k: recall} with recall a fraction in [0, 1]."""
+    q = F.normalize(torch.as_tensor(_numpy(test_feats, np.float32)), dim=1)
+    g = F.normalize(torch.as_tensor(_numpy(train_feats, np.float32)), dim=1)
+    q_labels = torch.as_tensor(_numpy(test_labels).reshape(-1).astype(np.int64))
+    g_labels = torch.as_tensor(_numpy(train_labels).reshape(-1).astype(np.int64))
+    if q.shape[0] != q_labels.shape[0] or g.shape[0] != g_labels.shape[0] or q.shape[1] != g.shape[1]:
+        raise ValueError("retrieval_recall_at_k: features and labels do not match")
+    kmax = min(max(ks), g.shape[0])
+    first_hit = []  # per query: rank (0-based) of its first correct neighbour, kmax if none in the top kmax
+    for start in range(0, q.shape[0], chunk):
+        sim = q[start:start + chunk] @ g.T  # (n, M)
+        idx = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :kmax]
+        hit = g_labels[idx] == q_labels[start:start + chunk, None]  # (n, kmax)
+        rank = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(hit[:, 0], kmax, dtype=torch.long))
+        first_hit.append(rank)
+    first_hit = torch.cat(first_hit)
+    return {k: float((first_hit < k).float().mean()) for k in ks}
+
+
+def kmeans(features, k, iters=100, seed=0):
+    """Euclidean k-means (Lloyd) with k-means++ seeding from a torch.Generator(seed).
+    features (N, D) -> (assignments (N,) long, centroids (k, D) float32). Stops early once no
+    assignment changes; an emptied cluster is re-seeded with the point farthest from its centroid."""
+    x = torch.as_tensor(_numpy(features, np.float32))
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"kmeans: need 1 <= k <= N, got k={k}, N={n}")
+    gen = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randint(n, (1,), generator=gen)]
+    for _ in range(1, k):  # k-means++: next centre with probability proportional to d^2
+        d2 = torch.cdist(x, centroids).min(1).values.square()
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full((n,), 1.0 / n)
+        centroids = torch.cat([centroids, x[torch.multinomial(probs, 1, generator=gen)]])
+    assign = None
+    for _ in range(iters):
+        dist = torch.cdist(x, centroids)  # (N, k)
+        new = dist.argmin(1)
+        if assign is not None and torch.equal(new, assign):
+            break
+        assign = new
+        for c in range(k):
+            members = assign == c
+            if members.any():
+                centroids[c] = x[members].mean(0)
+            else:
+                far = dist.gather(1, assign[:, None])[:, 0].argmax()
+                centroids[c], assign[far] = x[far], c
+    return assign, centroids
+
+
+def silhouette_score(features, assignments, metric="euclidean", chunk=2048):
+    """Mean silhouette (b - a) / max(a, b) over all points, in [-1, 1]. a = mean distance to the
+    other points of its own cluster, b = lowest mean distance to the points of another cluster;
+    a point alone in its cluster scores 0. metric: "euclidean" (default, matches kmeans) or
+    "cosine" (distance 1 - cosine similarity). features (N, D), assignments (N,) ints; needs
+    2 <= number of clusters <= N - 1."""
+    x = torch.as_tensor(_numpy(features, np.float64))
+    _, assign = np.unique(_numpy(assignments).reshape(-1), return_inverse=True)
+    assign = torch.as_tensor(assign)
+    n, k = x.shape[0], int(assign.max()) + 1 if assign.numel() else 0
+    if assign.shape[0] != n or not 2 <= k <= n - 1:
+        raise ValueError(f"silhouette_score: need N matching assignments and 2 <= clusters <= N - 1 (N={n}, clusters={k})")
+    if metric == "cosine":
+        x = F.normalize(x, dim=1)
+    elif metric != "euclidean":
+        raise ValueError(f"silhouette_score: unknown metric {metric!r}")
+    onehot = F.one_hot(assign, k).double()  # (N, k)
+    size = onehot.sum(0)
+    scores = []
+    for start in range(0, n, chunk):
+        xs = x[start:start + chunk]
+        dist = (1 - xs @ x.T).clamp_min(0) if metric == "cosine" else torch.cdist(xs, x)
+        sums = dist @ onehot  # (n, k) summed distance to each cluster
+        own = assign[start:start + chunk]
+        own_size = size[own]
+        a = sums.gather(1, own[:, None])[:, 0] / (own_size - 1).clamp_min(1)
+        other = sums / size
+        other.scatter_(1, own[:, None], float("inf"))
+        b = other.min(1).values
+        s = (b - a) / torch.maximum(a, b).clamp_min(1e-12)
+        scores.append(torch.where(own_size > 1, s, torch.zeros_like(s)))
+    return float(torch.cat(scores).mean())
+
+
+def cluster_purity(assignments, labels):
+    """Purity: each cluster votes for its most frequent label; the fraction of points that carry
+    their cluster's label. assignments (N,), labels (N,) ints -> fraction in (0, 1]."""
+    _, a = np.unique(_numpy(assignments).reshape(-1), return_inverse=True)
+    _, y = np.unique(_numpy(labels).reshape(-1), return_inverse=True)
+    if a.shape != y.shape or a.size == 0:
+        raise ValueError("cluster_purity: need equally many (> 0) assignments and labels")
+    table = np.zeros((a.max() + 1, y.max() + 1), dtype=np.int64)
+    np.add.at(table, (a, y), 1)
+    return float(table.max(1).sum() / a.size)
+
+
+# ============ evaluation ============
+
+@torch.no_grad()
+def predict(model, loader, d, args, multilabel):
+    """Video-level scores of the test set, gathered over processes and ordered by video index.
+
+    Recognition: softmax averaged over the clips of a video (App. C.4); multi-label: sigmoid
+    max-pooled over clips (Charades). Returns (scores (N, C), targets, indices)."""
+    model.eval()
+    out_scores, out_targets, out_index = [], [], []
+    for clips, targets, index in loader:
+        b, n = clips.shape[:2]
+        with autocast(d.device, args.amp):
+            logits = torch.cat([model(to_input(chunk, d.device, train=False, norm=args.input_norm))
+                                for chunk in clips.flatten(0, 1).split(args.batch_size)])
+        logits = logits.float().view(b, n, -1)
+        scores = logits.sigmoid().amax(1) if multilabel else logits.softmax(-1).mean(1)
+        out_scores.append(scores.cpu()), out_targets.append(targets), out_index.append(index)
+    parts = [(torch.cat(out_scores), torch.cat(out_targets), torch.cat(out_index))]
+    if d.distributed:
+        gathered = [None] * d.world_size
+        torch.distributed.all_gather_object(gathered, parts[0])
+        parts = gathered
+    scores, targets, index = (torch.cat(x) for x in zip(*parts))
+    # DistributedSampler pads the last shard with repeats: keep one prediction per video
+    keep = torch.as_tensor(sorted({int(i): k for k, i in enumerate(index.tolist())}.values()))
+    order = index[keep].argsort()
+    return scores[keep][order], targets[keep][order], index[keep][order]
+
+
+def evaluate(model, loader, d, args, setup):
+    """The setup's metric on the test set (Table 4.4). Unreadable test videos are reported by the
+    reader and left out; `test_videos` says how many of the listed ones were scored."""
+    multilabel = setup.task == "multilabel"
+    scores, targets, _ = predict(model, loader, d, args, multilabel)
+    listed = len(loader.dataset)
+    if len(scores) < listed:
+        d.print(f"warning: {listed - len(scores)} of {listed} test videos could not be read and are not scored")
+    counts = dict(test_videos=len(scores), test_videos_listed=listed)
+    return {**counts, **_metric(scores, targets, setup, multilabel)}
+
+
+def _metric(scores, targets, setup, multilabel):
+    if multilabel:
+        value, per_class = mean_average_precision(scores.numpy(), targets.numpy())
+        return dict(metric_name="map", value=100 * value, per_class=[None if np.isnan(a) else a for a in per_class])
+    labels = targets.numpy()
+    if setup.metric == "mean_class_acc":
+        return dict(metric_name="mean_class_acc", value=100 * mean_class_accuracy(scores.numpy(), labels, scores.shape[1]),
+                    per_class=per_class_accuracy(scores.numpy(), labels, scores.shape[1]).tolist())
+    return dict(metric_name="top1", value=100 * top1(scores.numpy(), labels))
+
+
+@torch.no_grad()
+def features(backbone, loader, d, args):
+    """Frozen backbone features (N, D), averaged over the clips of a video, and labels."""
+    backbone.eval()
+    feats, labels = [], []
+    for clips, targets, _ in loader:
+        b, n = clips.shape[:2]
+        f = torch.cat([backbone(to_input(c, d.device, train=False, norm=args.input_norm)) for c in clips.flatten(0, 1).split(args.batch_size)])
+        feats.append(f.float().view(b, n, -1).mean(1).cpu()), labels.append(targets)
+    return torch.cat(feats), torch.cat(labels)
+
+
+# ============ summary table (Table 4.4, Table 5.8) ============
+
+SEVERE_ORDER = SEVERE_SETUPS  # the columns of Table 4.4 / 5.8
+SEVERE_HEADERS = {"ssv2": "SSv2", "gym99": "Gym99", "ucf_1000": "UCF (10^3)", "gym99_1000": "Gym (10^3)",
+                  "fx_s1": "FX-S1", "ub_s1": "UB-S1", "ucf_rc": "UCF-RC↓", "charades": "Charades"}
+LOWER_IS_BETTER = ("ucf_rc",)  # setups whose value is an error: the counting error of UCF-RC
+
+
+def load_results(dirs):
+    """Every results file under the given directories (searched recursively): files named
+    `results*.json` (e.g. results.json, results_ucf_1000.json), each holding one dict or a list of
+    dicts with keys 'checkpoint' (or 'name'), 'setup', 'metric_name', 'value'. Returns the dicts
+    in sorted path order, each with '_path' added."""
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    out = []
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"load_results: no directory {d}")
+        for path in sorted(glob.glob(os.path.join(d, "**", "results*.json"), recursive=True)):
+            with open(path) as f:
+                data = json.load(f)
+            for r in data if isinstance(data, list) else [data]:
+                out.append(dict(r, _path=path))
+    return out
+
+
+def summary_rows(results, setups=SEVERE_ORDER):
+    """The numbers behind `summarize`: one dict per row label, in order of first appearance,
+    {'name', 'values': {setup: value or None}, 'mean', 'rank'}.
+
+    Row label: r['name'] if present, else r['checkpoint']; when the results mix protocols
+    (r['protocol'], e.g. finetune and linear) the protocol is appended, "name [linear]", so that the
+    two never share a row. Several results of one row and setup
+    (e.g. seeds) are averaged. mean: the mean over `setups`, with an error e (UCF-RC) entering as
+    (1 - e) x 100, so that it is on the scale of the accuracies (Table 5.8 Mean). rank: per setup,
+    1 + the number of rows (among all rows with a value for that setup) that are strictly better
+    (higher, or lower for an error), averaged over `setups` (Table 5.8 Rank). A row missing any of
+    `setups` gets mean = rank = None; its values still count when ranking the other rows."""
+    rows = {}
+    mixed = len({r.get("protocol") for r in results}) > 1
+    for r in results:
+        name = r.get("name") or r.get("checkpoint")
+        if name is None or "setup" not in r or "value" not in r:
+            raise ValueError(f"summary_rows: a result needs 'name' or 'checkpoint', 'setup' and 'value': {r}")
+        if mixed:
+            name = f"{name} [{r.get('protocol')}]"
+        if r["setup"] in setups:
+            rows.setdefault(str(name), {}).setdefault(r["setup"], []).append(float(r["value"]))
+    table = [{"name": name, "values": {s: (float(np.mean(v[s])) if s in v else None) for s in setups}}
+             for name, v in rows.items()]
+    for row in table:
+        vals = row["values"]
+        if any(vals[s] is None for s in setups):
+            row["mean"] = row["rank"] = None
+            continue
+        row["mean"] = float(np.mean([(1 - vals[s]) * 100 if s in LOWER_IS_BETTER else vals[s] for s in setups]))
+        ranks = []
+        for s in setups:
+            sign = -1 if s in LOWER_IS_BETTER else 1
+            others = [o["values"][s] for o in table if o["values"][s] is not None]
+            ranks.append(1 + sum(sign * (v - vals[s]) > 0 for v in others))
+        row["rank"] = float(np.mean(ranks))
+    return table
+
+
+def summarize(results, setups=SEVERE_ORDER):
+    """A markdown table in the layout of Table 5.8: one row per checkpoint (row label), one column
+    per setup in `setups` order, then Mean and Rank↓ (see summary_rows). Accuracies and mAP print
+    with one decimal, the UCF-RC error with three; a missing value, mean or rank prints as '–'."""
+    table = summary_rows(results, setups)
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)
+    lines = ["| " + " | ".join(["Checkpoint"] + [SEVERE_HEADERS.get(s, s) for s in setups] + ["Mean", "Rank↓"]) + " |",
+             "|" + "---|" + "---:|" * (len(setups) + 2)]
+    for row in table:
+        cells = [row["name"].replace("|", "\\|")]
+        cells += [fmt(row["values"][s], ".3f" if s in LOWER_IS_BETTER else ".1f") for s in setups]
+        cells += [fmt(row["mean"], ".1f"), fmt(row["rank"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ============ arguments ============
+
+# Without --data-root every setup runs its pipeline on the built-in synthetic videos at these
+# CPU sizes (flags given explicitly still win).
+SYNTHETIC_PRESET = dict(epochs=2, batch_size=4, clip_len=8, crop_size=64, num_test_clips=2, workers=2,
+                        milestones=[1], print_freq=5)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="SEVERE benchmark (thesis Ch. 4): finetune or linear-probe an R(2+1)D-18 checkpoint "
+                    "on a downstream setup; --summary prints Table 4.4 / 5.8 from result files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser)
+    g = parser.add_argument_group("SEVERE")
+    g.add_argument("--setup", default="ucf101", choices=sorted(SETUPS) + ["all"],
+                   help="downstream setup (Table 4.4 / 5.1); 'all' runs the eight SEVERE setups")
+    g.add_argument("--protocol", default="finetune", choices=["finetune", "linear"],
+                   help="finetune the whole network (App. C.4) or a linear layer on the frozen backbone (Table B.2)")
+    g.add_argument("--task", default="auto", choices=["auto", "retrieval", "cluster"],
+                   help="auto: the setup's task; retrieval: Recall@k of test clips against the training set; "
+                        "cluster: k-means on frozen features (silhouette, purity)")
+    g.add_argument("--checkpoint", default=None, help="pretrained weights; none = --init scratch")
+    g.add_argument("--format", default="auto", help="checkpoint layout: " + ", ".join(CHECKPOINT_FORMATS) +
+                   " (auto guesses from the keys). Old pickles that weights_only=True cannot open are "
+                   "opened with torch.load(weights_only=False), which runs pickle code: use trusted files")
+    g.add_argument("--init", default="pretrained", choices=["pretrained", "scratch"])
+    g.add_argument("--ann-root", default=None, help="annotation files; default: inside --data-root")
+    g.add_argument("--subset-seed", type=int, default=99999, help="seed of the 1,000-sample subsets (SEVERE's)")
+    g.add_argument("--print-split", choices=["train", "test"], default=None,
+                   help="print the setup's video paths of that split, one per line, and exit")
+    g.add_argument("--summary", nargs="+", default=None, metavar="DIR",
+                   help="print the markdown table of all results JSON files under these folders and exit")
+    g.add_argument("--num-test-clips", type=int, default=10, help="uniformly spaced test clips per video")
+    g.add_argument("--milestones", type=int, nargs="*", default=None, help="lr x0.1 at these epochs (Table C.4)")
+    g.add_argument("--weight-decay", type=float, default=None, help="default: the setup's (0 for Adam finetuning)")
+    g.add_argument("--short-side", type=int, default=128, help="frames are resized to this short side when decoded")
+    g.add_argument("--select-on-test", action="store_true",
+                   help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")
+    parser.set_defaults(clip_len=32, crop_size=112, batch_size=None, epochs=None, lr=None, out_dir="runs/severe")
+    args, _ = parser.parse_known_args(argv)
+    if args.data_root is None and not (args.summary or args.print_split):
+        parser.set_defaults(**SYNTHETIC_PRESET)
+    return parser.parse_args(argv)
+
+
+def schedule(args, setup):
+    """The setup's Schedule (Table C.4 for finetuning, Table B.2 for the linear probe) with the
+    flags that were given (--epochs, --lr, --milestones, --batch-size, --weight-decay) applied."""
+    base = setup.finetune if args.protocol == "finetune" else setup.linear
+    if base is None:  # Table B.2 has no linear protocol for this setup: UCF101's, unless flags say otherwise
+        base = SETUPS["ucf101"].linear
+        print(f"{setup.name}: the thesis gives no linear protocol; using UCF101's of Table B.2 ({base})")
+    given = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                 milestones=None if args.milestones is None else tuple(args.milestones))
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def lr_factor(sched, epoch):
+    """Multi-step decay by gamma at the milestones, after a linear warm-up from warmup_lr (Charades)."""
+    if epoch < sched.warmup_epochs:
+        start = sched.warmup_lr / sched.lr
+        return start + (1 - start) * epoch / sched.warmup_epochs
+    return sched.gamma ** sum(epoch >= m for m in sched.milestones)
+
+
+# ============ one setup ============
+
+def setup_data(args, d, setup):
+    """(train samples, test samples, targets per sample index, num_outputs) with paths under --data-root."""
+    if args.data_root is None:
+        if d.main:
+            synthetic_video_dataset()
+        d.barrier()
+        synthetic = synthetic_video_dataset()
+        root, num_classes = synthetic["root"], len(synthetic["classes"])
+        train = read_video_list(synthetic["train_list"], root)
+        test = read_video_list(synthetic["val_list"], root)
+    else:
+        root, ann_root = args.data_root, args.ann_root or args.data_root
+        train = [(os.path.join(root, p), y) for p, y in setup_samples(setup.name, "train", ann_root, args.subset_seed)]
+        test = [(os.path.join(root, p), y) for p, y in setup_samples(setup.name, "test", ann_root, args.subset_seed)]
+        num_classes = setup.num_classes
+    if setup.task == "multilabel":
+        if args.data_root is None:  # synthetic: the class as a one-hot target
+            train, test = [(p, torch.eye(num_classes)[y]) for p, y in train], [(p, torch.eye(num_classes)[y]) for p, y in test]
+        else:  # Charades: video-level multi-hot of the annotated actions
+            def multi_hot(actions):
+                target = torch.zeros(num_classes)
+                target[[c for c, _, _ in actions]] = 1
+                return target
+            train, test = [(p, multi_hot(a)) for p, a in train], [(p, multi_hot(a)) for p, a in test]
+    if setup.task == "aot" and args.data_root is None:  # every video forward (0) and reversed (1)
+        train, test = [[(p, r) for p, _ in split for r in (0, 1)] for split in (train, test)]
+    num_outputs = 2 if setup.task == "aot" else num_classes
+    return train, test, num_outputs
+
+
+def make_loader(samples, args, d, train, clips_per_video=1, aot=False, batch_size=None):
+    videos = VideoClipDataset([(p, k) for k, (p, _) in enumerate(samples)], clip_len=args.clip_len,
+                              strides=(1,), short_side=args.short_side, train=train, num_clips=clips_per_video)
+    dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot)
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
+        if d.distributed else (torch.utils.data.RandomSampler(dataset) if train else None)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or args.batch_size, sampler=sampler,
+                                       num_workers=args.workers, pin_memory=d.device.type == "cuda",
+                                       drop_last=train, persistent_workers=False)
+
+
+def run_setup(args, d, setup_name):
+    setup = SETUPS[setup_name]
+    if setup.task == "counting":
+        raise SystemExit("repetition counting (ucf_rc) is not implemented yet; see issue 3")
+    out_dir = os.path.join(args.out_dir, setup_name) if args.setup == "all" else args.out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    sched = schedule(args, setup)
+    epochs, batch_size = sched.epochs, sched.batch_size
+    train, test, num_outputs = setup_data(args, d, setup)
+    aot, multilabel = setup.task == "aot", setup.task == "multilabel"
+    d.print(f"{setup_name}: {len(train)} training and {len(test)} test videos, {num_outputs} outputs, "
+            f"{args.protocol}, {sched}")
+
+    info = dict(checkpoint=None, format="scratch")
+    fmt = "scratch"
+    if args.init == "pretrained" and args.checkpoint:  # the layout decides the network (TCLR's layer4)
+        fmt = args.format if args.format != "auto" else guess_format(read_checkpoint(args.checkpoint))
+    backbone, feature_dim = build_backbone(backbone_variant(fmt))
+    if fmt != "scratch":
+        info = load_pretrained(args.checkpoint, fmt, backbone)
+        d.print(f"loaded {args.checkpoint} ({info['format']}, sha256 {info['sha256'][:12]}...)")
+    args.input_norm = INPUT_NORMALIZATION.get(fmt, INPUT_NORMALIZATION["imagenet"])
+    test_loader = make_loader(test, args, d, train=False, clips_per_video=args.num_test_clips, aot=aot,
+                              batch_size=max(1, batch_size // args.num_test_clips))
+    t_start = time.time()
+
+    if args.task in ("retrieval", "cluster"):  # frozen features, no training
+        if d.distributed:
+            raise SystemExit("--task retrieval / cluster run in one process; start them without torchrun")
+        backbone.to(d.device)
+        train_loader = make_loader(train, args, d, train=False, clips_per_video=args.num_test_clips,
+                                   batch_size=max(1, batch_size // args.num_test_clips))
+        test_f, test_y = features(backbone, test_loader, d, args)
+        if args.task == "retrieval":
+            train_f, train_y = features(backbone, train_loader, d, args)
+            recall = retrieval_recall_at_k(test_f, test_y, train_f, train_y)
+            result = dict(metric_name="recall@1", value=100 * recall[1], recall={k: 100 * v for k, v in recall.items()})
+        else:
+            assign, _ = kmeans(test_f, num_outputs, iters=100, seed=args.seed)
+            result = dict(metric_name="purity", value=100 * cluster_purity(assign, test_y),
+                          silhouette=silhouette_score(test_f, assign))
+        return finish(args, d, setup_name, out_dir, result, info, epochs=0, t_start=t_start)
+
+    model = Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear").to(d.device)
+    if d.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if sched.optimizer == "sgd":  # Charades (App. C.4) and the linear probe (Table B.2)
+        optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay)
+    else:  # finetuning: Adam (App. C.4)
+        optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
+    scaler = grad_scaler(d.device, args.amp)
+    train_loader = make_loader(train, args, d, train=True, aot=aot, batch_size=batch_size)
+    if len(train_loader) == 0:
+        raise SystemExit(f"{len(train)} training videos are too few for a batch of {batch_size}")
+
+    start_epoch, best = 0, None
+    ckpt_path = resume_path(args.resume, out_dir)
+    if ckpt_path:
+        ckpt = load_checkpoint(ckpt_path)
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"]), scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best")
+        d.print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+
+    progress = Progress(d, epochs, len(train_loader), batch_size * d.world_size, args.print_freq)
+    for epoch in range(start_epoch, epochs):
+        if d.distributed:
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = 0.0
+        for it, (clips, targets, _) in enumerate(train_loader):
+            x, targets = to_input(clips, d.device, train=True, norm=args.input_norm), targets.to(d.device)
+            with autocast(d.device, args.amp):
+                logits = model(x)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), targets) if multilabel \
+                    else F.cross_entropy(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss = loss.item()
+            check_finite(loss, epoch, it)
+            loss_sum += loss
+            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
+        record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(train_loader)),
+                      lr=optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        if args.select_on_test:
+            record["test"] = evaluate(model, test_loader, d, args, setup)["value"]
+            best = max(best or record["test"], record["test"])
+        if d.main:
+            append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
+            print(json.dumps(record), flush=True)
+            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                             best=best, args=vars(args)), os.path.join(out_dir, "checkpoint.pt"))
+        d.barrier()
+
+    result = evaluate(model, test_loader, d, args, setup)  # model selection: the last epoch
+    if args.select_on_test:
+        result.update(last_epoch_value=result["value"], value=max(best, result["value"]), selected_on_test=True)
+    return finish(args, d, setup_name, out_dir, result, info, epochs, t_start)
+
+
+def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
+    """Prints the result and writes OUT_DIR/results_<setup>_<protocol>.json (rank 0)."""
+    record = dict(setup=setup_name, protocol=args.protocol, task=args.task, **result,
+                  checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
+                  format=info.get("format"), epochs=epochs, seconds=round(time.time() - t_start, 1),
+                  args=vars(args))
+    if d.main:
+        path = os.path.join(out_dir, f"results_{setup_name}_{args.protocol}.json")
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"{setup_name} {args.protocol}: {record['metric_name']} {record['value']:.2f}  ({path})", flush=True)
+    return record
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.summary:
+        print(summarize(load_results(args.summary)))
+        return
+    if args.print_split:
+        print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed)
+        return
+    d = Dist(args.device)
+    seed_everything(args.seed, d.rank)
+    d.print(json.dumps(vars(args)))
+    for name in (SEVERE_SETUPS if args.setup == "all" else [args.setup]):
+        if args.setup == "all" and SETUPS[name].task == "counting":
+            d.print(f"{name}: skipped, repetition counting is not implemented yet (issue 3)")
+            continue
+        run_setup(args, d, name)
+    d.close()
+
+
+if __name__ == "__main__":
+    main()
+
+

@@ -1,0 +1,301 @@
+"""Readers of the SEVERE annotation files and the setup definitions (severe_eval.py, Table 4.4, App. B).
+
+Runs on the real annotation files in ../shared/data/annotations (UCF101 split 1, HMDB51 split 1,
+SSv2 labels + validation, FineGym Gym99, UCFRep zip). Not there, so written here in the official
+format: the SSv2 train json and the Charades CSVs.
+"""
+import json
+import math
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import severe_eval as se
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANN = os.path.join(REPO, "..", "shared", "data", "annotations")
+pytestmark = pytest.mark.skipif(not os.path.isdir(ANN), reason="real annotation files (../shared) not present")
+
+
+# ---- the official splits: counts from the dataset papers / thesis App. B ----
+
+def test_ucf101_split1():
+    train, classes = se.read_ucf101_split(os.path.join(ANN, "ucf101"), "train")
+    test, classes_t = se.read_ucf101_split(os.path.join(ANN, "ucf101"), "test")
+    assert (len(train), len(test), len(classes)) == (9537, 3783, 101)
+    assert classes == classes_t and classes[0] == "ApplyEyeMakeup" and classes[-1] == "YoYo"
+    assert set(l for _, l in train) == set(l for _, l in test) == set(range(101))
+    assert train[0] == ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", 0)
+    assert test[-1] == ("YoYo/v_YoYo_g07_c04.avi", 100)
+    for path, label in train + test:  # label agrees with the folder name
+        assert path.split("/")[0] == classes[label]
+    # official split 1: groups 1-7 test, 8-25 train
+    assert all(int(p.split("_g")[1][:2]) >= 8 for p, _ in train)
+    assert all(int(p.split("_g")[1][:2]) <= 7 for p, _ in test)
+
+
+def test_hmdb51_split1():
+    train, classes = se.read_hmdb51_split(os.path.join(ANN, "hmdb51"), "train")
+    test, _ = se.read_hmdb51_split(os.path.join(ANN, "hmdb51"), "test")
+    assert (len(train), len(test), len(classes)) == (3570, 1530, 51)
+    assert classes == sorted(classes) and classes[0] == "brush_hair" and classes[-1] == "wave"
+    # the 70/30 protocol: 70 train and 30 test videos in every class
+    assert set(Counter(l for _, l in train).values()) == {70}
+    assert set(Counter(l for _, l in test).values()) == {30}
+    assert train[0] == ("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi", 0)
+    assert all(p.split("/")[0] == classes[l] and p.endswith(".avi") for p, l in train + test)
+    assert not {p for p, _ in train} & {p for p, _ in test}
+
+
+def test_ssv2_validation():
+    labels_json = os.path.join(ANN, "ssv2", "something-something-v2-labels.json")
+    val, classes = se.read_ssv2_split(labels_json, os.path.join(ANN, "ssv2", "something-something-v2-validation.json"))
+    assert len(val) == 24777 and len(classes) == 174
+    assert all(0 <= l < 174 for _, l in val) and len({l for _, l in val}) == 174
+    with open(labels_json) as f:
+        label_of = json.load(f)
+    # first entry of the file: id 74225, template 'Spinning [something] that quickly stops spinning'
+    assert val[0] == ("74225.webm", int(label_of["Spinning something that quickly stops spinning"]))
+    assert classes[int(label_of["Closing something"])] == "Closing something"
+    assert not os.path.exists(os.path.join(ANN, "ssv2", "something-something-v2-train.json"))  # not shipped
+
+
+def test_ssv2_train_json_format_and_unknown_template(tmp_path):
+    labels_json = os.path.join(ANN, "ssv2", "something-something-v2-labels.json")
+    train = [{"id": "78687", "label": "holding potato next to vicks vaporub bottle",
+              "template": "Holding [something] next to [something]",
+              "placeholders": ["potato", "vicks vaporub bottle"]},
+             {"id": "42326", "label": "spreading margarine onto bread",
+              "template": "Spreading [something] onto [something]", "placeholders": ["margarine", "bread"]}]
+    path = tmp_path / "something-something-v2-train.json"
+    path.write_text(json.dumps(train))
+    with open(labels_json) as f:
+        label_of = json.load(f)
+    samples, _ = se.read_ssv2_split(labels_json, str(path))
+    assert samples == [("78687.webm", int(label_of["Holding something next to something"])),
+                       ("42326.webm", int(label_of["Spreading something onto something"]))]
+    train[1]["template"] = "Juggling [something]"
+    path.write_text(json.dumps(train))
+    with pytest.raises(se.AnnotationError, match=r"entry 1 \(id 42326\).*Juggling something"):
+        se.read_ssv2_split(labels_json, str(path))
+
+
+def test_gym99_and_within_set_subsets():
+    tr_path, va_path = (os.path.join(ANN, "finegym", f"gym99_{s}.txt") for s in ("train", "val"))
+    train, val = se.read_gym99_split(tr_path), se.read_gym99_split(va_path)
+    assert (len(train), len(val)) == (20484, 8521)  # the train file has no final newline
+    assert set(l for _, l in train) == set(range(99)) == set(l for _, l in val)
+    assert train[0] == ("A0xAXXysHUo_E_002184_002237_A_0035_0036.avi", 93)
+    original = dict(train + val)
+    for name, lo, hi, counts in (("fx_s1", 6, 17, (1882, 777)), ("ub_s1", 74, 89, (3511, 1471))):
+        assert (se.SETUPS[name].label_range) == (lo, hi)
+        sub_tr = se.setup_samples(name, "train", ANN)
+        sub_te = se.setup_samples(name, "test", ANN)
+        assert (len(sub_tr), len(sub_te)) == counts
+        n = hi - lo
+        assert set(l for _, l in sub_tr) == set(range(n)) == set(l for _, l in sub_te)
+        assert all(original[p] == l + lo for p, l in sub_tr + sub_te)  # remap is a shift by the first label
+        assert sum(lo <= l < hi for _, l in train) == counts[0]  # nothing in the range was dropped
+        assert se.SETUPS[name].num_classes == n
+
+
+def test_ucfrep_split_from_zip():
+    zip_path = os.path.join(ANN, "ucfrep", "ucf526_annotations.zip")
+    train, val = se.read_ucfrep_split(zip_path, "train"), se.read_ucfrep_split(zip_path, "val")
+    assert (len(train), len(val)) == (421, 105)
+    assert not {v.path for v in train} & {v.path for v in val}
+    for v in train + val:
+        assert v.count == len(v.boundaries) - 1 >= 1
+        assert list(v.boundaries) == sorted(v.boundaries)
+    # first video, read by hand from repetition_label/BabyCrawling.txt: '1 29 64 105 155'
+    assert train[0] == ("BabyCrawling/v_BabyCrawling_g01_c01.avi", (1, 29, 64, 105, 155), 4)
+    # every path is a real UCF101 path, also for the class spelled differently in folder and file names
+    ucf = {p for p, _ in se.read_ucf101_split(os.path.join(ANN, "ucf101"), "train")[0]}
+    ucf |= {p for p, _ in se.read_ucf101_split(os.path.join(ANN, "ucf101"), "test")[0]}
+    assert all(v.path in ucf for v in train + val)
+    assert any(v.path.startswith("HandstandPushups/v_HandStandPushups_") for v in train)
+    assert se.setup_samples("ucf_rc", "test", ANN) == [(v.path, v.boundaries) for v in val]
+
+
+# ---- low-shot subsets (Sec 4.4) ----
+
+def _severe_reference_subset(samples, total, seed):
+    """The draw as the SEVERE code describes it, written out independently for comparison."""
+    names = np.array([p for p, _ in samples])
+    labels = np.array([l for _, l in samples])
+    per_class = int(math.ceil(total / len(set(labels.tolist()))))
+    rs = np.random.RandomState(seed)
+    out = []
+    for c in set(labels):  # the authors iterate a Python set of labels
+        where = np.where(labels == c)[0]
+        pick = rs.choice(where.shape[0], min(per_class, where.shape[0]), replace=False)
+        out += list(zip(names[where[pick]].tolist(), labels[where[pick]].tolist()))
+    return out
+
+
+@pytest.mark.parametrize("setup,k,size,num_classes", [("ucf_1000", 10, 1010, 101), ("gym99_1000", 11, 1089, 99)])
+def test_low_shot_subsets(setup, k, size, num_classes):
+    full = se.setup_samples(setup.replace("_1000", "").replace("ucf", "ucf101"), "train", ANN)
+    sub = se.setup_samples(setup, "train", ANN)
+    assert len(sub) == size and len(set(p for p, _ in sub)) == size
+    assert Counter(l for _, l in sub) == {c: k for c in range(num_classes)}
+    assert set(sub) <= set(full)
+    assert [l for _, l in sub] == sorted(l for _, l in sub)  # class by class, ascending
+    assert sub == se.setup_samples(setup, "train", ANN)  # reproducible
+    assert sub == _severe_reference_subset(full, 1000, 99999)
+    other = se.setup_samples(setup, "train", ANN, subset_seed=12345)
+    assert len(other) == size and set(other) != set(sub)
+    # the test split is never subsampled
+    assert len(se.setup_samples(setup, "test", ANN)) == len(se.setup_samples(setup.replace("_1000", "").replace(
+        "ucf", "ucf101"), "test", ANN))
+
+
+def test_low_shot_subset_by_hand():
+    # class 0: a0..a4, class 1: b0, b1 (fewer than k = 3: all of them, in drawn order)
+    samples = [("a0", 0), ("b0", 1), ("a1", 0), ("a2", 0), ("b1", 1), ("a3", 0), ("a4", 0)]
+    rs = np.random.RandomState(7)
+    pick_a = rs.choice(5, 3, replace=False)
+    pick_b = rs.choice(2, 2, replace=False)
+    expected = [(f"a{i}", 0) for i in pick_a] + [(f"b{i}", 1) for i in pick_b]
+    assert se.low_shot_subset(samples, 2, total=6, seed=7) == expected
+
+
+# ---- Charades (not shipped: a CSV in the official format) ----
+
+CHARADES_CSV = (
+    "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
+    '46GP8,HR43,Kitchen,6,7,Yes,"A person cooking, then drinking.",food;cup,"A person cooks; drinks.",'
+    '"c092 11.90 21.20;c147 0.00 12.60;c092 25.00 26.00",24.83\n'
+    "N11GT,0KZ7,Stairs,6,7,Yes,A person walks.,stairs,A person walks up stairs.,,7.00\n"
+    "ABC12,XYZ9,Bedroom,5,6,Yes,Sitting.,bed,Sits on bed.,c000 0.50 1.00,3.00\n"
+)
+
+
+def test_charades_reader_and_frame_labels(tmp_path):
+    path = tmp_path / "Charades_v1_train.csv"
+    path.write_text(CHARADES_CSV)
+    videos = se.read_charades_csv(str(path))
+    assert [v.path for v in videos] == ["46GP8.mp4", "N11GT.mp4", "ABC12.mp4"]
+    assert videos[0].actions == [(92, 11.9, 21.2), (147, 0.0, 12.6), (92, 25.0, 26.0)]
+    assert videos[1].actions == [] and videos[1].length == 7.0
+    assert videos[2] == ("ABC12.mp4", [(0, 0.5, 1.0)], 3.0)
+
+    # 1 fps, 27 frames at t = 0..26 s: c147 on for t in (0, 12.6) -> frames 1..12;
+    # c092 on for (11.9, 21.2) -> 12..21 and (25, 26) -> none (open interval, no frame strictly inside)
+    y = se.frame_labels(videos[0].actions, 27, 1.0)
+    assert y.shape == (27, 157) and y.dtype == bool
+    assert np.flatnonzero(y[:, 147]).tolist() == list(range(1, 13))
+    assert np.flatnonzero(y[:, 92]).tolist() == list(range(12, 22))
+    assert y.sum() == 12 + 10
+    # 4 fps: c000 on (0.5, 1.0) -> t = 0.75 only = frame 3
+    y = se.frame_labels(videos[2].actions, 12, 4.0)
+    assert np.argwhere(y).tolist() == [[3, 0]]
+    # empty actions: all off
+    y = se.frame_labels(videos[1].actions, 175, 25.0)
+    assert y.shape == (175, 157) and not y.any()
+
+
+def test_charades_errors(tmp_path):
+    header = CHARADES_CSV.splitlines()[0] + "\n"
+    bad = tmp_path / "bad.csv"
+    bad.write_text(header + "AAAAA,S,Home,6,7,Yes,s,o,d,c157 1.0 2.0,5.0\n")
+    with pytest.raises(se.AnnotationError, match=r"bad\.csv:2: unknown class 'c157'"):
+        se.read_charades_csv(str(bad))
+    bad.write_text(header + "AAAAA,S,Home,6,7,Yes,s,o,d,c001 1.0 2.0,5.0\nBBBBB,S,Home,6,7,Yes,s,o,d,c001 1.0,5.0\n")
+    with pytest.raises(se.AnnotationError, match=r"bad\.csv:3: expected 'cXXX start end'"):
+        se.read_charades_csv(str(bad))
+
+
+# ---- errors ----
+
+def _ucf_dir(tmp_path, train_lines, test_lines=""):
+    (tmp_path / "classInd.txt").write_text("1 ApplyEyeMakeup\r\n2 Archery\r\n")
+    (tmp_path / "trainlist01.txt").write_text(train_lines)
+    (tmp_path / "testlist01.txt").write_text(test_lines)
+    return str(tmp_path)
+
+
+def test_malformed_and_unknown_class_errors(tmp_path):
+    d = _ucf_dir(tmp_path, "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n\r\nArchery/v_Archery_g08_c01.avi\r\n")
+    with pytest.raises(se.AnnotationError, match=r"trainlist01\.txt:3: expected 2 fields"):
+        se.read_ucf101_split(d, "train")
+    d = _ucf_dir(tmp_path, "Archery/v_Archery_g08_c01.avi 1\n")
+    with pytest.raises(se.AnnotationError, match=r"trainlist01\.txt:1: index 1 disagrees with class 'Archery'"):
+        se.read_ucf101_split(d, "train")
+    d = _ucf_dir(tmp_path, "", "Archery/v_Archery_g01_c01.avi\nYoYo/v_YoYo_g01_c01.avi\n")
+    with pytest.raises(se.AnnotationError, match=r"testlist01\.txt:2: unknown class 'YoYo'"):
+        se.read_ucf101_split(d, "test")
+    gym = tmp_path / "gym99_train.txt"
+    gym.write_text("a.avi 3\nb.avi x\n")
+    with pytest.raises(se.AnnotationError, match=r"gym99_train\.txt:2: label is not an integer"):
+        se.read_gym99_split(str(gym))
+    gym.write_text("a.avi 3\nb.avi 99\n")
+    with pytest.raises(se.AnnotationError, match=r"gym99_train\.txt:2: unknown class 99"):
+        se.read_gym99_split(str(gym))
+    hmdb = tmp_path / "hmdb"
+    hmdb.mkdir()
+    (hmdb / "wave_test_split1.txt").write_text("a.avi 1 \nb.avi 3 \n")
+    with pytest.raises(se.AnnotationError, match=r"wave_test_split1\.txt:2: split id"):
+        se.read_hmdb51_split(str(hmdb), "train")
+
+
+def test_missing_files_name_the_path(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        se.read_ucf101_split(missing, "train")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        se.read_hmdb51_split(missing)
+    with pytest.raises(FileNotFoundError, match=r"charades[/\\]Charades_v1_train\.csv"):
+        se.setup_samples("charades", "train", ANN)  # Charades is not shipped
+    with pytest.raises(FileNotFoundError, match="something-something-v2-train.json"):
+        se.setup_samples("ssv2", "train", ANN)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        se.read_ucfrep_split(missing)
+
+
+# ---- setups ----
+
+def test_setups_match_tables():
+    assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
+    assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot"}
+    S = se.SETUPS
+    table_c4 = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
+                "ssv2": (1e-4, 45, (25, 35, 40), 32), "gym99": (1e-4, 160, (60, 100, 140), 32),
+                "ucf_1000": (1e-4, 160, (80, 120, 140), 32), "gym99_1000": (1e-4, 160, (80, 120, 140), 32),
+                "fx_s1": (1e-4, 160, (70, 120, 140), 32), "ub_s1": (1e-4, 160, (70, 120, 140), 32),
+                "ucf_rc": (5e-5, 100, (), 32), "charades": (0.0375, 57, (41, 49), 16)}
+    for name, (lr, epochs, steps, batch) in table_c4.items():
+        f = S[name].finetune
+        assert (f.lr, f.epochs, tuple(f.milestones), f.batch_size) == (lr, epochs, steps, batch), name
+    table_b2 = {"ucf101": (0.01, 100, (40, 80), 64), "gym99": (0.01, 120, (40, 80, 100), 64),
+                "ssv2": (0.01, 40, (20, 30), 64)}
+    for name, (lr, epochs, steps, batch) in table_b2.items():
+        f = S[name].linear
+        assert (f.lr, f.epochs, tuple(f.milestones), f.batch_size) == (lr, epochs, steps, batch), name
+    metrics = {"ssv2": "top1", "gym99": "top1", "ucf_1000": "top1", "gym99_1000": "top1", "fx_s1": "mean_class_acc",
+               "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
+               "hmdb51": "top1", "ucf_aot": "top1"}
+    assert {n: s.metric for n, s in S.items()} == metrics
+    assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
+        "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
+    assert (S["ucf_aot"].num_classes, S["charades"].num_classes, S["ssv2"].num_classes) == (2, 157, 174)
+    for s in S.values():  # every annotation file a setup names exists or is one of the two not shipped
+        for rel in s.train_files + s.test_files:
+            if not rel.startswith(("charades/", "ssv2/something-something-v2-train")):
+                assert os.path.exists(os.path.join(ANN, rel.replace("*", "brush_hair"))), rel
+
+
+def test_arrow_of_time_and_print_split(capsys):
+    aot = se.setup_samples("ucf_aot", "test", ANN)
+    ucf = se.setup_samples("ucf101", "test", ANN)
+    assert len(aot) == 2 * 3783
+    assert aot[0::2] == [(p, 0) for p, _ in ucf] and aot[1::2] == [(p, 1) for p, _ in ucf]
+    se.print_split("ucf_1000", "train", ANN)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [p for p, _ in se.setup_samples("ucf_1000", "train", ANN)]
+    se.print_split("ucf_1000", "train", ANN, subset_seed=1)
+    assert capsys.readouterr().out.splitlines() != lines
+    with pytest.raises(KeyError, match="ucf_1001"):
+        se.setup_samples("ucf_1001", "train", ANN)
