@@ -1142,6 +1142,7 @@ def parse_args(argv=None):
                    " (auto guesses from the keys). Old pickles that weights_only=True cannot open are "
                    "opened with torch.load(weights_only=False), which runs pickle code: use trusted files")
     g.add_argument("--init", default="pretrained", choices=["pretrained", "scratch"])
+    g.add_argument("--name", default=None, help="row label in --summary tables (default: the checkpoint path)")
     g.add_argument("--ann-root", default=None, help="annotation files; default: inside --data-root")
     g.add_argument("--subset-seed", type=int, default=99999, help="seed of the 1,000-sample subsets (SEVERE's)")
     g.add_argument("--print-split", choices=["train", "test"], default=None,
@@ -1334,7 +1335,8 @@ def run_setup(args, d, setup_name):
 
 def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
     """Prints the result and writes OUT_DIR/results_<setup>_<protocol>.json (rank 0)."""
-    record = dict(setup=setup_name, protocol=args.protocol, task=args.task, **result,
+    name = args.name or (args.checkpoint if args.init == "pretrained" and args.checkpoint else "None (scratch)")
+    record = dict(name=name, setup=setup_name, protocol=args.protocol, task=args.task, **result,
                   checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
                   format=info.get("format"), epochs=epochs, seconds=round(time.time() - t_start, 1),
                   args=vars(args))
