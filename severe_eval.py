@@ -14,8 +14,7 @@ checkpoint on downstream setups that shift the domain (SSv2, Gym99), the number 
     torchrun --nproc_per_node=4 severe_eval.py --setup all ... --out-dir runs/severe/tc
     python severe_eval.py --summary runs/severe/*
 
-Status: recognition (finetune and linear), multi-label, arrow of time, retrieval and clustering
-run end to end; UCFRep repetition counting is not implemented yet (issue 3).
+Status: every setup runs end to end; Charades still trains on video-level labels (issue 3).
 """
 import argparse
 import csv
@@ -41,8 +40,9 @@ from torch import nn
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
                            grad_scaler, load_checkpoint, resume_path, save_atomic, seed_everything, unwrap)
-from common.synthetic import synthetic_video_dataset
-from common.video import VideoClipDataset, read_video_list
+from common.synthetic import synthetic_video_dataset, write_mp4
+from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, read_clip,
+                          read_video_list)
 
 # ============ downstream setups and their annotation files (Table 4.4, App. B) ============
 #
@@ -392,7 +392,7 @@ _FT_STANDARD = Schedule(1e-4, 160, (60, 100, 140), 32)        # UCF101, HMDB51, 
 _FT_SSV2 = Schedule(1e-4, 45, (25, 35, 40), 32)
 _FT_LOW_SHOT = Schedule(1e-4, 160, (80, 120, 140), 32)
 _FT_GYM_SETS = Schedule(1e-4, 160, (70, 120, 140), 32)
-_FT_UCF_RC = Schedule(5e-5, 100, (), 32)
+_FT_UCF_RC = Schedule(5e-5, 100, (), 32, weight_decay=1e-3)  # Adam weight decay of SEVERE's opts.py
 # Charades: SlowFast recipe of the SEVERE config (SGD momentum 0.9, wd 1e-4, 4 warm-up epochs from 1e-4)
 _FT_CHARADES = Schedule(0.0375, 57, (41, 49), 16, optimizer="sgd", weight_decay=1e-4, warmup_epochs=4.0,
                         warmup_lr=1e-4)
@@ -853,7 +853,7 @@ def mean_average_precision(scores, targets):
 def counting_error(pred_counts, gt_counts):
     """Mean absolute counting error of repetition counting (UCF-RC, Table 4.4):
     mean over videos of |pred - gt| / gt, as a ratio (0.15 = 15%). Predicted counts are used as
-    given (SEVERE's counter produces fractional counts and does not round them). gt must be > 0."""
+    given; `count_repetitions` rounds them, as the original val_2stream.py does. gt must be > 0."""
     pred, gt = _numpy(pred_counts, np.float64).reshape(-1), _numpy(gt_counts, np.float64).reshape(-1)
     if pred.shape != gt.shape or gt.size == 0 or (gt <= 0).any():
         raise ValueError("counting_error: need equally many predicted and true counts, all true counts > 0")
@@ -1115,6 +1115,487 @@ def summarize(results, setups=SEVERE_ORDER):
     return "\n".join(lines) + "\n"
 
 
+# ============ repetition counting (UCFRep, Zhang et al. CVPR 2020; App. B.2.3, C.4) ============
+#
+# UCF-RC (Table 4.4, App. B.2.3) finetunes the backbone inside the counter of Zhang et al. ("Context-aware
+# and scale-insensitive temporal repetition counting", CVPR 2020), as SEVERE's Repetition-Counting code does.
+# The network looks at one position t of the video under a hypothesis of the cycle length there: a 32-frame
+# input whose first 16 frames sample the two hypothesised cycles before t and whose last 16 frames sample the
+# two after t (context-aware). Two branches (the cycle before t, the cycle after t) each score, for 7 anchors
+# a x hypothesis, whether the true cycle matches the anchor (IoU = min/max >= 0.5) and regress
+# log(true / anchor) (scale-insensitive: the input is always "two cycles wide", whatever the cycle length).
+# At test time a coarse multi-scale search finds the cycle length at the centre of the video, which is then
+# refined at 32 positions, and the count is the integral of 1 / cycle length over the annotated span.
+#
+# Deviations from the original code (kept simple; the network, anchors, targets, loss weights and search
+# grid are the original's):
+#   - training inputs are drawn independently (a random position and a random hypothesis per sample, from
+#     the original's mixture of hypotheses) instead of following the original's tracking loop, which walks
+#     the video with the network's own predictions for up to 11 optimiser steps per sampled segment;
+#   - the per-anchor match is one logit with a sigmoid (BCE) instead of a 2-way softmax (CE): the same model;
+#   - at test time every one of the 32 positions is refined from the centre's estimate (4 iterations) instead
+#     of the original's coarse-to-fine tree, which hands refined estimates down to neighbouring positions;
+#   - cycle lengths are periods (frames between corresponding points) and the count integrates over
+#     (last - first boundary) frames, so a constant period c over N cycles gives exactly N (the original
+#     integrates over one frame more with inclusive window lengths, period + 1);
+#   - test videos are scored on rank 0 only (the others wait), on the unwrapped model.
+
+COUNTING_ANCHORS = (0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0)  # ratios to the hypothesised cycle length
+COUNTING_IOU = 0.5              # an anchor matches when min/max(true, anchor) >= 0.5, else it is a negative
+COUNTING_BOX_WEIGHT = 50.0      # smooth-L1 weight of the regression (original, after Faster R-CNN)
+COUNTING_SAMPLES_PER_VIDEO = 10  # training inputs per video per epoch (original: 10 segments per video)
+COUNTING_SCALES = (0.03, 0.35, 30)  # coarse search: 30 cycle lengths, geometric from 3% to 35% of the span
+COUNTING_MIN_CYCLE = 4          # shortest cycle (frames) the search accepts
+COUNTING_MIN_CYCLES = 2         # and the longest is span / 2 (UCFRep: at least two repetitions)
+COUNTING_POSITIONS = 32         # positions refined along the video (2^5 in the original)
+COUNTING_REFINE_ITERS = 4       # refinement iterations, each moving halfway to the prediction (merge 0.5)
+COUNTING_BOX_CLAMP = 0.5        # |log ratio| accepted per test-time step
+
+
+def local_cycle_lengths(boundaries):
+    """Per frame of the annotated span, the length of the cycle before and after it, from the boundaries.
+
+    boundaries: 1-based frames b_0 < ... < b_N of the cycle starts (b_N ends the last cycle). Returns
+    (pre, next), float arrays of length b_N - b_0 + 1 indexed by frame - b_0; NaN where undefined.
+    As the UCFRep labels (label_interpolation_v1.m): a frame p in cycle k (b_k <= p <= b_k+1; a boundary
+    belongs to the later cycle) at phase (p - b_k) / m, m = b_k+1 - b_k, corresponds to the point at the
+    same phase of the next cycle (length r) and of the previous one (length l):
+        next = round(b_k+1 + phase * r - p),   pre = round(p - b_k-1 - phase * l).
+    Undefined in the last (next) or first (pre) cycle, and where the two cycles differ by more than 2 frames
+    and by a ratio above 1.3 (the phase mapping is not trusted there).
+    """
+    b = np.asarray(boundaries, dtype=np.int64)
+    if b.ndim != 1 or len(b) < 2 or (np.diff(b) <= 0).any():
+        raise ValueError(f"need at least two increasing boundaries, got {list(b)}")
+    span = b[-1] - b[0] + 1
+    pre, nxt = np.full(span, np.nan), np.full(span, np.nan)
+    similar = lambda u, v: not (max(u, v) - min(u, v) > 2 and max(u, v) / min(u, v) > 1.3)
+    for k in range(len(b) - 1):
+        m = b[k + 1] - b[k]
+        p = np.arange(b[k], b[k + 1] + 1)
+        phase = (p - b[k]) / m
+        nxt[p - b[0]], pre[p - b[0]] = np.nan, np.nan  # a boundary belongs to the later cycle
+        if k + 2 < len(b) and similar(m, b[k + 2] - b[k + 1]):
+            nxt[p - b[0]] = np.floor(b[k + 1] + phase * (b[k + 2] - b[k + 1]) - p + 0.5)
+        if k > 0 and similar(m, b[k] - b[k - 1]):
+            pre[p - b[0]] = np.floor(p - b[k - 1] - phase * (b[k] - b[k - 1]) + 0.5)
+    return pre, nxt
+
+
+def context_indices(t, left, right, clip_len=32):
+    """Frame positions of the network input at position t under cycle hypotheses left / right (frames).
+
+    t, left, right: (P,) tensors. The first clip_len / 2 frames are spread evenly over the two cycles
+    before t, (t - 2 left, t]; the last clip_len / 2 over the two cycles after it, (t, t + 2 right]
+    (original: l_context_ratio 1, r_context_ratio 2). Returns (P, clip_len) rounded float positions.
+    """
+    half = clip_len // 2
+    j = torch.linspace(0, 1, half, dtype=torch.float64)
+    t, left, right = (torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1) for v in (t, left, right))
+    before = t - 2 * left + 1 + j * (2 * left - 1)
+    after = t + 1 + j * (2 * right - 1)
+    return torch.cat([before, after], 1).round()
+
+
+def gather_context(frames, positions):
+    """frames uint8 (L, 3, S, S), positions (P, T) -> (clips uint8 (P, T, 3, S, S), valid (P, T) bool).
+    Positions outside the video are padding: a frame there is zeroed after normalisation (the mean)."""
+    valid = (positions >= 0) & (positions < len(frames))
+    idx = positions.clamp(0, len(frames) - 1).long()
+    return frames[idx], valid
+
+
+def anchor_targets(true_cycle, hypothesis, anchors=COUNTING_ANCHORS, iou=COUNTING_IOU):
+    """Per anchor a: match (1 / 0, or -1 = ignore) and regression target log(true / (a * hypothesis)).
+
+    true_cycle, hypothesis: tensors of one shape (...); true_cycle NaN (undefined) -> all anchors ignored.
+    An anchor matches when min / max of the true and anchor lengths is >= iou (0.5; the original's upper
+    and lower bounds are equal, so no anchor is in between). Returns (cls (..., A) float, box (..., A)).
+    """
+    true_cycle, hypothesis = torch.as_tensor(true_cycle, dtype=torch.float64), torch.as_tensor(hypothesis, dtype=torch.float64)
+    anchor = torch.tensor(anchors, dtype=torch.float64) * hypothesis[..., None]
+    true = true_cycle[..., None].expand_as(anchor)
+    overlap = torch.minimum(true, anchor) / torch.maximum(true, anchor)
+    cls = (overlap >= iou).double()
+    cls = torch.where(torch.isnan(true), torch.full_like(cls, -1), cls)
+    box = torch.where(cls == 1, torch.log(true / anchor), torch.zeros_like(anchor))
+    return cls.float(), box.float()
+
+
+def counting_loss(logits, boxes, cls_target, box_target, box_weight=COUNTING_BOX_WEIGHT):
+    """Both branches: BCE on the anchors that are not ignored (mean over them) + 50 x smooth-L1 on the
+    matching anchors' log ratios, averaged over all B x A entries as the original does (it copies the
+    prediction into the targets of the other anchors). logits, boxes, targets: (B, 2, A)."""
+    loss = logits.new_zeros(())
+    for branch in range(logits.shape[1]):
+        lg, bx, ct, bt = logits[:, branch], boxes[:, branch], cls_target[:, branch], box_target[:, branch]
+        keep = ct >= 0
+        if keep.any():
+            loss = loss + F.binary_cross_entropy_with_logits(lg[keep], ct[keep])
+        positive = (ct == 1).float()
+        loss = loss + box_weight * (F.smooth_l1_loss(bx, bt, reduction="none") * positive).sum() / bx.numel()
+    return loss
+
+
+class CountingHead(nn.Module):
+    """backbone (B, 3, T, H, W) -> (B, 512) -> per branch (cycle before t, cycle after t) and anchor
+    a match logit and a log-ratio regression: (logits (B, 2, A), boxes (B, 2, A))."""
+
+    def __init__(self, backbone, feature_dim=512, num_anchors=len(COUNTING_ANCHORS)):
+        super().__init__()
+        self.backbone, self.num_anchors = backbone, num_anchors
+        self.cls = nn.Linear(feature_dim, 2 * num_anchors)
+        self.box = nn.Linear(feature_dim, 2 * num_anchors)
+
+    def forward(self, x):
+        f = self.backbone(x)
+        return self.cls(f).view(-1, 2, self.num_anchors), self.box(f).view(-1, 2, self.num_anchors)
+
+
+def crop_frames(frames, crop_size, train):
+    """uint8 (T, H, W, 3) -> (T, 3, S, S): as Clips, a random multi-scale crop + flip (train) or the
+    centre square (test), resized to crop_size."""
+    t, h, w, _ = frames.shape
+    if train:
+        side = int(min(h, w) * random.uniform(0.6, 1.0))
+        y, x = random.randint(0, h - side), random.randint(0, w - side)
+    else:
+        side = min(h, w)
+        y, x = (h - side) // 2, (w - side) // 2
+    clip = frames[:, y:y + side, x:x + side].permute(0, 3, 1, 2).float()
+    clip = F.interpolate(clip, size=(crop_size, crop_size), mode="bilinear", align_corners=False,
+                         antialias=side > crop_size)
+    clip = clip.round_().clamp_(0, 255).to(torch.uint8)
+    return clip.flip(-1) if train and random.random() < 0.5 else clip
+
+
+class RepetitionSamples(torch.utils.data.Dataset):
+    """Training inputs of the counter from [(video path, boundaries)], samples_per_video per video.
+
+    item: (clip uint8 (T, 3, S, S), valid (T,) bool (False = padding outside the annotated span),
+           cls target (2, A), box target (2, A), video index).
+    A random position t of the annotated span (first to last boundary) and a hypothesis h of the cycle
+    length there, drawn as the original's training states: 25% c x 2^U(-1, 1), 25% c x (2^{-1,0,1} +
+    U(-0.05, 0.05)) with c the true cycle at t, 50% one of the 30 search scales (3%..35% of the span);
+    h is kept within [2, span / 2]. The input is context_indices(t, h, h), decoded with one seek.
+    An unreadable video is reported to the BadVideoCounter and replaced by a random other one.
+    """
+
+    def __init__(self, videos, clip_len=32, crop_size=112, short_side=128, samples_per_video=None,
+                 counter=None, max_retries=10):
+        self.videos = [(p, tuple(int(b) for b in bounds)) for p, bounds in videos]
+        if not self.videos:
+            raise ValueError("RepetitionSamples: no videos")
+        self.clip_len, self.crop_size, self.short_side = clip_len, crop_size, short_side
+        self.samples_per_video = samples_per_video or COUNTING_SAMPLES_PER_VIDEO
+        self.max_retries = max_retries
+        self.counter = counter if counter is not None else BadVideoCounter()
+        self.labels = [local_cycle_lengths(b) for _, b in self.videos]
+        self._num_frames = {}
+
+    def __len__(self):
+        return len(self.videos) * self.samples_per_video
+
+    def hypothesis(self, i, t):
+        """(t, h, pre, next) for video i at span offset t: a training hypothesis and the true cycles."""
+        pre, nxt = self.labels[i]
+        bounds = self.videos[i][1]
+        span = bounds[-1] - bounds[0]
+        true = pre[t] if not np.isnan(pre[t]) else nxt[t] if not np.isnan(nxt[t]) else span / (len(bounds) - 1)
+        magic = random.random()
+        if magic < 0.25:
+            h = true * 2 ** random.uniform(-1, 1)
+        elif magic > 0.75:
+            h = true * (2 ** random.randint(-1, 1) + random.uniform(-0.05, 0.05))
+        else:
+            lo, hi, n = COUNTING_SCALES
+            h = span * lo * (hi / lo) ** (random.randrange(n) / (n - 1))
+        return min(max(h, 2.0), max(span / 2, 2.0)), pre[t], nxt[t]
+
+    def __getitem__(self, item):
+        i = item // self.samples_per_video
+        for _ in range(self.max_retries + 1):
+            path, bounds = self.videos[i]
+            t = random.randrange(bounds[-1] - bounds[0] + 1)
+            h, pre, nxt = self.hypothesis(i, t)
+            pos = context_indices(t, h, h, self.clip_len)[0]  # offsets from the first boundary
+            valid = (pos >= 0) & (pos <= bounds[-1] - bounds[0])
+            try:
+                if path not in self._num_frames:
+                    self._num_frames[path] = count_frames(path)
+                last = self._num_frames[path] - 1
+                frames = read_clip(path, (pos.clamp(0, bounds[-1] - bounds[0]) + bounds[0] - 1).clamp(0, last).long().numpy(),
+                                   self.short_side)
+            except VideoReadError as err:
+                self.counter.record_failure(path, err)
+                self.counter.check()
+                i = (i + 1 + random.randrange(len(self.videos) - 1)) % len(self.videos) if len(self.videos) > 1 else i
+                continue
+            self.counter.record_ok()
+            self.counter.check()
+            cls, box = anchor_targets(torch.tensor([pre, nxt]), torch.tensor([h, h]))
+            return crop_frames(torch.from_numpy(frames), self.crop_size, train=True), valid, cls, box, i
+        raise RuntimeError(f"{self.max_retries + 1} videos in a row could not be read, the last one {path}")
+
+
+def counting_input(clips, valid, device, train, norm):
+    """to_input, with the padding frames set to 0 (the normalised mean): (N, 3, T, S, S)."""
+    x = to_input(clips, device, train=train, norm=norm)
+    return x * valid.to(device).flatten(0, -2)[:, None, :, None, None].to(x.dtype)
+
+
+@torch.no_grad()
+def predict_cycles(model, frames, t, left, right, device, norm, clip_len, batch_size, amp=False):
+    """Network outputs at positions t under hypotheses left / right ((P,) tensors), in batches:
+    (score (P, 2, A) = sigmoid of the match logits, ratio (P, 2, A) = anchor x exp(clamped box))."""
+    positions = context_indices(t, left, right, clip_len)
+    scores, ratios = [], []
+    for s in range(0, len(positions), batch_size):
+        clips, valid = gather_context(frames, positions[s:s + batch_size])
+        with autocast(device, amp):
+            logits, boxes = model(counting_input(clips, valid, device, train=False, norm=norm))
+        boxes = boxes.float().nan_to_num(0.0).clamp(-COUNTING_BOX_CLAMP, COUNTING_BOX_CLAMP)
+        scores.append(logits.float().sigmoid().nan_to_num(0.0).cpu())
+        ratios.append((torch.tensor(COUNTING_ANCHORS, device=boxes.device) * boxes.exp()).cpu())
+    return torch.cat(scores), torch.cat(ratios)
+
+
+def integrate_count(cycles, span):
+    """Repetitions in `span` frames from cycle lengths at evenly spaced positions: the integral of
+    1 / cycle over the span, span x mean(1 / cycle)."""
+    cycles = torch.as_tensor(cycles, dtype=torch.float64)
+    return float(span * (1.0 / cycles).mean())
+
+
+@torch.no_grad()
+def count_repetitions(model, frames, device, norm, clip_len=32, batch_size=32, amp=False):
+    """Counts the repetitions in frames uint8 (L, 3, S, S), the annotated span of a video (first to last
+    boundary). Returns dict(count = rounded count, raw = unrounded, cycle = the centre's cycle length).
+
+    1. coarse search: 30 cycle hypotheses h (3%..35% of the span) at the centre; each is scored by the
+       match probability of anchor 1.0 of the first branch and refined to h x exp(box); the best one
+       whose refined length lies in [4, span / 2] wins;
+    2. 4 refinements at the centre, each moving halfway to the predicted length (anchor 1.0);
+    3. the 32 positions span / 33 x (k + 0.5) start from it and get 4 refinements each, per branch with
+       the best-scoring anchor (lengths kept in [4, span / 2], halfway steps);
+    4. count = span x mean over the positions whose 4-cycle context lies inside the span of
+       (1/left + 1/right) / 2, rounded (as the original; no position inside: span / centre cycle).
+    """
+    model.eval()
+    length = len(frames)
+    span = length - 1
+    hi = max(span / COUNTING_MIN_CYCLES, 1.0)
+    lo = min(COUNTING_MIN_CYCLE, hi)
+    ones = lambda n, v: torch.full((n,), float(v), dtype=torch.float64)
+    predict = lambda t, left, right: predict_cycles(model, frames, t, left, right, device, norm, clip_len,
+                                                    batch_size, amp)
+    mid = length / 2
+    s_lo, s_hi, n = COUNTING_SCALES
+    hyp = span * s_lo * (s_hi / s_lo) ** (torch.arange(n, dtype=torch.float64) / (n - 1))
+    score, ratio = predict(ones(n, mid), hyp, hyp)
+    one = COUNTING_ANCHORS.index(1.0)
+    refined = hyp * ratio[:, 0, one].double()
+    ok = (refined >= lo) & (refined < hi)
+    best = int(torch.where(ok, score[:, 0, one].double(), score[:, 0, one].double() - 2).argmax())
+    cycle = float(refined[best].clamp(lo, hi))
+    for _ in range(COUNTING_REFINE_ITERS):
+        _, ratio = predict(ones(1, mid), ones(1, cycle), ones(1, cycle))
+        new = cycle * float(ratio[0, 0, one])
+        if lo <= new < hi:
+            cycle = 0.5 * cycle + 0.5 * new
+    t = length / (COUNTING_POSITIONS + 1) * (torch.arange(COUNTING_POSITIONS, dtype=torch.float64) + 0.5)
+    left, right = ones(COUNTING_POSITIONS, cycle), ones(COUNTING_POSITIONS, cycle)
+    for _ in range(COUNTING_REFINE_ITERS):
+        score, ratio = predict(t, left, right)
+        best_ratio = ratio.gather(2, score.argmax(2, keepdim=True))[..., 0].double()  # (P, 2)
+        left = 0.5 * left + 0.5 * (left * best_ratio[:, 0]).clamp(lo, hi)
+        right = 0.5 * right + 0.5 * (right * best_ratio[:, 1]).clamp(lo, hi)
+    inside = (t - 2 * left >= 0) & (t + 2 * right <= span)
+    if inside.any():
+        raw = 0.5 * integrate_count(left[inside], span) + 0.5 * integrate_count(right[inside], span)
+    else:
+        raw = span / cycle
+    return dict(count=float(round(raw)), raw=raw, cycle=cycle)
+
+
+def read_count_span(path, boundaries, short_side, crop_size):
+    """uint8 (L, 3, S, S): the centre-cropped frames from the first to the last boundary (1-based),
+    cut at the end of the video when the annotation runs past it."""
+    last = min(boundaries[-1], count_frames(path))
+    frames = read_clip(path, np.arange(boundaries[0] - 1, last), short_side)
+    return crop_frames(torch.from_numpy(frames), crop_size, train=False)
+
+
+# ---- synthetic repetition videos (the pipeline without --data-root) ----
+
+def synthetic_repetition_videos(root=None, num_videos=16, size=64, periods=(6, 14), counts=(2, 8), margin=6, seed=0):
+    """Writes (once) mp4s of a textured disc bouncing with a known period and returns
+    [(path, boundaries)], boundaries 1-based: cycle k starts at frame margin + 1 + k x period.
+
+    Per video a random period (frames, in `periods`), count (in `counts`), colours and amplitude; the
+    disc moves as |sin| (one bounce per period, starting on the floor at each boundary) plus a slow drift,
+    and `margin` still frames precede and follow the repetitions. root default: $VEF_CACHE (else
+    ~/.cache/video_efficient)/synthetic_repetition_<parameter hash>; a complete folder is reused.
+    """
+    config = dict(version=1, num_videos=num_videos, size=size, periods=list(periods), counts=list(counts),
+                  margin=margin, seed=seed)
+    if root is None:
+        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        cache = os.environ.get("VEF_CACHE") or os.path.expanduser("~/.cache/video_efficient")
+        root = os.path.join(cache, f"synthetic_repetition_{digest}")
+    done = os.path.join(root, "videos.json")
+    try:
+        with open(done) as f:
+            saved = json.load(f)
+        if saved["config"] == config:
+            return [(os.path.join(root, p), tuple(b)) for p, b in saved["videos"]]
+    except (OSError, ValueError, KeyError):
+        pass
+    os.makedirs(root, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    videos = []
+    for k in range(num_videos):
+        rng = np.random.default_rng([seed, k])
+        period, count = int(rng.integers(periods[0], periods[1] + 1)), int(rng.integers(counts[0], counts[1] + 1))
+        num_frames = 2 * margin + period * count + 1
+        t = np.clip(np.arange(num_frames) - margin, 0, period * count)  # still before and after
+        height = np.abs(np.sin(np.pi * t / period))  # 0 on the floor at every boundary
+        radius, amplitude = size * rng.uniform(0.08, 0.14), size * rng.uniform(0.3, 0.5)
+        floor = size - radius - 2
+        x0 = rng.uniform(radius + 2, size - radius - 2)
+        background = rng.uniform(40, 200, 3) + rng.normal(0, 12, (size, size, 1))
+        colours = rng.uniform(0, 255, (2, 3))
+        frames = np.empty((num_frames, size, size, 3), np.uint8)
+        for f in range(num_frames):
+            cx = x0 + 3 * np.sin(2 * np.pi * f / num_frames)
+            cy = floor - amplitude * height[f]
+            inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
+            stripes = ((xx - cx) // 4 % 2).astype(bool)
+            frame = background.copy()
+            frame[inside] = np.where(stripes[inside, None], colours[0], colours[1])
+            frames[f] = np.clip(frame, 0, 255)
+        name = f"rep_{k:03d}.mp4"
+        write_mp4(os.path.join(root, name), frames)
+        videos.append((name, tuple(int(margin + 1 + c * period) for c in range(count + 1))))
+    tmp = f"{done}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(dict(config=config, videos=videos), f)
+    os.replace(tmp, done)
+    return [(os.path.join(root, p), b) for p, b in videos]
+
+
+def counting_data(args, d, num_synthetic=16, num_synthetic_test=4):
+    """(train, test) [(path, boundaries)]: UCFRep under --data-root, else synthetic repetition videos."""
+    if args.data_root is not None:
+        ann_root = args.ann_root or args.data_root
+        return tuple([(os.path.join(args.data_root, p), b) for p, b in setup_samples("ucf_rc", split, ann_root)]
+                     for split in ("train", "test"))
+    if d.main:
+        synthetic_repetition_videos(num_videos=num_synthetic)
+    d.barrier()
+    videos = synthetic_repetition_videos(num_videos=num_synthetic)
+    return videos[:-num_synthetic_test], videos[-num_synthetic_test:]
+
+
+def evaluate_counting(model, test, args, d):
+    """Counts every test video (rank 0; the other ranks get None) and scores them against
+    len(boundaries) - 1: mean |pred - gt| / gt (counting_error) and the off-by-one accuracy."""
+    if not d.main:
+        return None
+    model = unwrap(model)  # no DDP forward on one rank: it would wait for the others
+    predictions, counter = [], BadVideoCounter()
+    for path, bounds in test:
+        try:
+            frames = read_count_span(path, bounds, args.short_side, args.crop_size)
+        except VideoReadError as err:
+            counter.record_failure(path, err)
+            counter.check()
+            continue
+        counter.record_ok()
+        out = count_repetitions(model, frames, d.device, args.input_norm, args.clip_len,
+                               max(args.batch_size, COUNTING_POSITIONS), args.amp)  # no grad: 32 inputs a batch
+        predictions.append(dict(path=path, count=len(bounds) - 1, pred=out["count"], raw=out["raw"], cycle=out["cycle"]))
+    if not predictions:
+        raise RuntimeError("no test video could be read")
+    if len(predictions) < len(test):
+        print(f"warning: {len(test) - len(predictions)} of {len(test)} test videos could not be read and are not scored")
+    pred, gt = [p["pred"] for p in predictions], [p["count"] for p in predictions]
+    return dict(metric_name="mean_count_error", value=counting_error(pred, gt), off_by_one=off_by_one_accuracy(pred, gt),
+                test_videos=len(predictions), test_videos_listed=len(test), predictions=predictions)
+
+
+def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, feature_dim):
+    """Finetunes backbone + CountingHead on UCFRep (App. C.4: Adam, lr 5e-5 fixed, 100 epochs, batch 32)
+    and counts the test videos. Resumes from OUT_DIR/checkpoint.pt (--resume auto); DDP-safe training,
+    evaluation on rank 0 (the result is broadcast so that every rank returns the same record)."""
+    if args.protocol != "finetune" or args.task != "auto":
+        raise SystemExit(f"{setup.name}: repetition counting is evaluated by finetuning only (App. C.4)")
+    sched = schedule(args, setup)
+    epochs, batch_size = sched.epochs, sched.batch_size
+    model = CountingHead(backbone, feature_dim).to(d.device)
+    if d.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
+    scaler = grad_scaler(d.device, args.amp)
+    dataset = RepetitionSamples(train, args.clip_len, args.crop_size, args.short_side)
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) \
+        if d.distributed else torch.utils.data.RandomSampler(dataset)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                                         pin_memory=d.device.type == "cuda", drop_last=True)
+    if len(loader) == 0:
+        raise SystemExit(f"{len(dataset)} training inputs are too few for a batch of {batch_size}")
+    d.print(f"{setup.name}: {len(train)} training and {len(test)} test videos, {len(dataset)} inputs per epoch, {sched}")
+
+    start_epoch = 0
+    ckpt_path = resume_path(args.resume, out_dir)
+    if ckpt_path:
+        ckpt = load_checkpoint(ckpt_path)
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"]), scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = ckpt["epoch"] + 1
+        d.print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+
+    progress = Progress(d, epochs, len(loader), batch_size * d.world_size, args.print_freq)
+    for epoch in range(start_epoch, epochs):
+        if d.distributed:
+            sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = 0.0
+        for it, (clips, valid, cls_target, box_target, _) in enumerate(loader):
+            x = counting_input(clips, valid, d.device, train=True, norm=args.input_norm)
+            cls_target, box_target = cls_target.to(d.device), box_target.to(d.device)
+            with autocast(d.device, args.amp):
+                logits, boxes = model(x)
+                loss = counting_loss(logits.float(), boxes.float(), cls_target, box_target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss = loss.item()
+            check_finite(loss, epoch, it)
+            loss_sum += loss
+            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
+        record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)), lr=optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        if d.main:
+            append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
+            print(json.dumps(record), flush=True)
+            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                             args=vars(args)), os.path.join(out_dir, "checkpoint.pt"))
+        d.barrier()
+
+    result = evaluate_counting(model, test, args, d)  # the last epoch (the original picked the best val epoch)
+    if d.distributed:
+        box = [result]
+        torch.distributed.broadcast_object_list(box, src=0)
+        result = box[0]
+    return finish(args, d, setup.name, out_dir, result, info, epochs, t_start)
+
+
 # ============ arguments ============
 
 # Without --data-root every setup runs its pipeline on the built-in synthetic videos at these
@@ -1227,13 +1708,12 @@ def make_loader(samples, args, d, train, clips_per_video=1, aot=False, batch_siz
 
 def run_setup(args, d, setup_name):
     setup = SETUPS[setup_name]
-    if setup.task == "counting":
-        raise SystemExit("repetition counting (ucf_rc) is not implemented yet; see issue 3")
     out_dir = os.path.join(args.out_dir, setup_name) if args.setup == "all" else args.out_dir
     os.makedirs(out_dir, exist_ok=True)
     sched = schedule(args, setup)
     epochs, batch_size = sched.epochs, sched.batch_size
-    train, test, num_outputs = setup_data(args, d, setup)
+    train, test, num_outputs = (*counting_data(args, d), 1) if setup.task == "counting" \
+        else setup_data(args, d, setup)
     aot, multilabel = setup.task == "aot", setup.task == "multilabel"
     d.print(f"{setup_name}: {len(train)} training and {len(test)} test videos, {num_outputs} outputs, "
             f"{args.protocol}, {sched}")
@@ -1247,6 +1727,8 @@ def run_setup(args, d, setup_name):
         info = load_pretrained(args.checkpoint, fmt, backbone)
         d.print(f"loaded {args.checkpoint} ({info['format']}, sha256 {info['sha256'][:12]}...)")
     args.input_norm = INPUT_NORMALIZATION.get(fmt, INPUT_NORMALIZATION["imagenet"])
+    if setup.task == "counting":
+        return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
     test_loader = make_loader(test, args, d, train=False, clips_per_video=args.num_test_clips, aot=aot,
                               batch_size=max(1, batch_size // args.num_test_clips))
     t_start = time.time()
@@ -1360,9 +1842,6 @@ def main(argv=None):
     seed_everything(args.seed, d.rank)
     d.print(json.dumps(vars(args)))
     for name in (SEVERE_SETUPS if args.setup == "all" else [args.setup]):
-        if args.setup == "all" and SETUPS[name].task == "counting":
-            d.print(f"{name}: skipped, repetition counting is not implemented yet (issue 3)")
-            continue
         run_setup(args, d, name)
     d.close()
 

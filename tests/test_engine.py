@@ -2,7 +2,6 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from common.backbones import encoder_state_dict, load_encoder_weights, video_encoder
 from common.engine import check_finite, load_checkpoint, resume_path, save_atomic

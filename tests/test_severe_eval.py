@@ -79,9 +79,11 @@ def test_frozen_feature_tasks(task, metric, pretrained, tmp_path):
     assert r["metric_name"] == metric and 0 <= r["value"] <= 100
 
 
-def test_counting_says_it_is_not_implemented(tmp_path):
-    proc = run(["--setup", "ucf_rc", *TINY, "--out-dir", str(tmp_path)], check=False)
-    assert proc.returncode != 0 and "not implemented" in proc.stderr
+def test_counting_runs_end_to_end(tmp_path):
+    out = str(tmp_path / "rc")
+    run(["--setup", "ucf_rc", *TINY, "--out-dir", out])
+    r = result(out, "ucf_rc")
+    assert r["metric_name"] == "mean_count_error" and r["value"] >= 0 and 0 <= r["off_by_one"] <= 1
 
 
 def test_summary_table_from_result_files(tmp_path):
