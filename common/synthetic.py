@@ -195,3 +195,317 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+# ============ synthetic skeletons (NTU 25-joint format) ============
+# A skeleton stand-in for NTU RGB+D, written in the community '.npy/.pkl' format that
+# common/skeleton.py reads (SkeletonDataset, protocol_paths). Each sample is a rest-pose Kinect v2
+# skeleton animated by forward kinematics: joint angles over time -> joint positions. Every action
+# starts and ends near the same standing rest pose, so classes differ by motion, not by one frame.
+# Per sample: random body size, rest-pose jitter, duration (speed), timing, viewpoint, 1 cm noise
+# and start/end truncation.
+#
+# Body frame of one person (metres): X towards the person's left, Y up, Z the way the person
+# faces. Camera frame (Kinect v2): y up, z away from the camera; a person facing the camera has
+# body X = camera -x, so their right shoulder is at larger camera x, as normalize_skeleton expects.
+
+SKELETON_ACTIONS = ("raise_left_arm", "raise_right_arm", "wave", "kick", "squat", "bow", "jump",
+                    "approach", "clap", "handshake")
+TWO_PERSON_ACTIONS = ("approach", "handshake")
+SKELETON_FORMAT_VERSION = 1
+SKELETON_NOISE = 0.01  # metres, Gaussian per coordinate
+
+# 0-based joint (NTU number - 1): (parent, rest offset from the parent in the body frame).
+# Arms hang straight down and legs straight; rest-pose jitter bends them a little per sample.
+_REST = {
+    0: (-1, (0.0, 0.0, 0.0)),          # base of the spine (root)
+    1: (0, (0.0, 0.28, 0.0)),          # middle of the spine
+    20: (1, (0.0, 0.22, 0.0)),         # spine at the shoulders
+    2: (20, (0.0, 0.07, 0.0)),         # neck
+    3: (2, (0.0, 0.15, 0.01)),         # head
+    4: (20, (0.17, -0.03, 0.0)),       # left shoulder
+    5: (4, (0.0, -0.28, 0.0)),         # left elbow
+    6: (5, (0.0, -0.25, 0.0)),         # left wrist
+    7: (6, (0.0, -0.08, 0.0)),         # left hand
+    21: (7, (0.0, -0.07, 0.0)),        # left hand tip
+    22: (7, (-0.02, -0.03, 0.04)),     # left thumb
+    8: (20, (-0.17, -0.03, 0.0)),      # right shoulder
+    9: (8, (0.0, -0.28, 0.0)),         # right elbow
+    10: (9, (0.0, -0.25, 0.0)),        # right wrist
+    11: (10, (0.0, -0.08, 0.0)),       # right hand
+    23: (11, (0.0, -0.07, 0.0)),       # right hand tip
+    24: (11, (0.02, -0.03, 0.04)),     # right thumb
+    12: (0, (0.09, -0.05, 0.0)),       # left hip
+    13: (12, (0.0, -0.42, 0.0)),       # left knee
+    14: (13, (0.0, -0.40, 0.0)),       # left ankle
+    15: (14, (0.0, -0.05, 0.10)),      # left foot
+    16: (0, (-0.09, -0.05, 0.0)),      # right hip
+    17: (16, (0.0, -0.42, 0.0)),       # right knee
+    18: (17, (0.0, -0.40, 0.0)),       # right ankle
+    19: (18, (0.0, -0.05, 0.10)),      # right foot
+}
+_FK_ORDER = tuple(_REST)  # every parent comes before its children
+_HIP_HEIGHT = 0.05 + 0.42 + 0.40 + 0.05  # root above the floor at rest, nominal body
+_LEG = 0.42 + 0.40
+L_SHOULDER, L_ELBOW, L_HIP, L_KNEE, L_ANKLE = 4, 5, 12, 13, 14
+R_SHOULDER, R_ELBOW, R_HIP, R_KNEE, R_ANKLE = 8, 9, 16, 17, 18
+X, Y, Z = 0, 1, 2  # Euler angle slots
+
+
+def _rotation(axis, angle):
+    """(..., 3, 3) rotations by `angle` (radians, any shape) about body axis 0 (X), 1 (Y), 2 (Z)."""
+    angle = np.asarray(angle, dtype=np.float64)
+    c, s = np.cos(angle), np.sin(angle)
+    r = np.zeros(angle.shape + (3, 3))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]  # the plane the rotation turns
+    r[..., axis, axis] = 1
+    r[..., i, i], r[..., i, j], r[..., j, i], r[..., j, j] = c, -s, s, c
+    return r
+
+
+def _local_rotations(angles):
+    """(T, V, 3) Euler angles -> (T, V, 3, 3) rotations Ry @ Rx @ Rz: a limb is first turned about Z
+    (sideways: positive abducts a left limb, negative a right one), then about X (negative swings a
+    hanging limb forwards; positive bends the spine forwards and a knee backwards), then about the
+    vertical Y."""
+    return (_rotation(Y, angles[..., Y]) @ _rotation(X, angles[..., X])
+            @ _rotation(Z, angles[..., Z]))
+
+
+def forward_kinematics(angles, root, scale=1.0):
+    """Joint positions (T, 25, 3) in the body frame from local joint angles (T, 25, 3) and the root
+    position (T, 3): p_j = p_parent + W_parent o_j, W_j = W_parent L_j, with o_j the rest offsets
+    times `scale`. Every bone keeps its length whatever the angles."""
+    local = _local_rotations(angles)
+    world = np.empty_like(local)
+    pos = np.empty(angles.shape[:2] + (3,))
+    for j in _FK_ORDER:
+        parent, offset = _REST[j]
+        if parent < 0:
+            world[:, j], pos[:, j] = local[:, j], root
+        else:
+            world[:, j] = world[:, parent] @ local[:, j]
+            pos[:, j] = pos[:, parent] + world[:, parent] @ (scale * np.asarray(offset))
+    return pos
+
+
+def _smoothstep(u, a, b):
+    """0 before a, 1 after b, smooth (C1) in between; u any shape."""
+    x = np.clip((u - a) / max(b - a, 1e-6), 0, 1)
+    return x * x * (3 - 2 * x)
+
+
+def _envelope(u, rng):
+    """Rise from rest, hold, return to rest, with random timing: (T,) in [0, 1]."""
+    up, down = rng.uniform(0.12, 0.25), rng.uniform(0.65, 0.8)
+    ramp = rng.uniform(0.12, 0.2)
+    return _smoothstep(u, up, up + ramp) * (1 - _smoothstep(u, down, down + ramp))
+
+
+def _rest_pose(rng, num_frames):
+    """(T, 25, 3) angles of a relaxed standing pose, jittered per person: arms slightly out and
+    bent, knees slightly bent."""
+    angles = np.zeros((num_frames, 25, 3))
+    angles[:, L_SHOULDER, Z], angles[:, R_SHOULDER, Z] = rng.uniform(0.05, 0.2, 2) * (1, -1)
+    angles[:, [L_ELBOW, R_ELBOW], X] = -rng.uniform(0.05, 0.3, 2)
+    knee = rng.uniform(0, 0.1)
+    angles[:, [L_HIP, R_HIP], X] -= knee / 2
+    angles[:, [L_KNEE, R_KNEE], X] += knee
+    angles[:, [L_ANKLE, R_ANKLE], X] -= knee / 2
+    angles[:, 1, X] = rng.uniform(-0.05, 0.1)  # posture
+    return angles
+
+
+def _bend_knees(angles, root, bend):
+    """Bends both legs by `bend` (T,) radians at the knee, feet flat and staying on the floor
+    (thighs forward bend/2, shins back), lowering the root by as much as the legs shorten."""
+    for hip, knee, ankle in ((L_HIP, L_KNEE, L_ANKLE), (R_HIP, R_KNEE, R_ANKLE)):
+        angles[:, hip, X] -= bend / 2
+        angles[:, knee, X] += bend
+        angles[:, ankle, X] -= bend / 2
+    root[:, 1] -= _LEG * (1 - np.cos(bend / 2))
+
+
+def _walk(angles, u, rng, speed):
+    """Adds a gait (legs and arms swinging in opposition) with amplitude `speed` (T,) in [0, 1]."""
+    phase = 2 * np.pi * rng.uniform(2.5, 4) * u + rng.uniform(0, 2 * np.pi)
+    swing = rng.uniform(0.3, 0.45) * speed
+    angles[:, L_HIP, X] -= swing * np.sin(phase)
+    angles[:, R_HIP, X] += swing * np.sin(phase)
+    angles[:, L_KNEE, X] += 2 * swing * np.maximum(np.sin(phase + 1.2), 0)
+    angles[:, R_KNEE, X] += 2 * swing * np.maximum(-np.sin(phase + 1.2), 0)
+    angles[:, L_SHOULDER, X] += 0.8 * swing * np.sin(phase)
+    angles[:, R_SHOULDER, X] -= 0.8 * swing * np.sin(phase)
+
+
+def _action_people(action, rng, num_frames):
+    """One or two people performing `action`: list of (angles (T, 25, 3), root (T, 3) in the body
+    frame of a nominal-size person, heading (yaw of the person in the scene), (x, z) place)."""
+    u = np.linspace(0, 1, num_frames)
+    if action in TWO_PERSON_ACTIONS:
+        people = []
+        if action == "approach":  # face each other, walk towards each other, stop close
+            start, end = rng.uniform(1.2, 1.5), rng.uniform(0.35, 0.5)  # half distances
+            t0, t1 = rng.uniform(0.05, 0.2), rng.uniform(0.7, 0.9)
+            progress = _smoothstep(u, t0, t1)
+            moving = np.gradient(progress) * num_frames / 1.5  # ~1 while walking, 0 standing
+            half = start + (end - start) * progress
+        else:  # handshake: stand at arm's length, reach out right hands, shake, let go
+            half = np.full(num_frames, rng.uniform(0.38, 0.45))
+        for side in (-1, 1):  # person 1 at -X of the scene facing +X; person 2 at +X facing -X
+            angles = _rest_pose(rng, num_frames)
+            root = np.zeros((num_frames, 3))
+            if action == "approach":
+                _walk(angles, u, rng, np.clip(moving, 0, 1))
+            else:
+                env = _envelope(u, rng)
+                shake = 0.12 * np.sin(2 * np.pi * rng.uniform(3, 5) * u) * env
+                angles[:, R_SHOULDER, X] -= rng.uniform(0.8, 1.0) * env
+                angles[:, R_SHOULDER, Y] += 0.4 * env  # towards the body midline and the partner
+                angles[:, R_ELBOW, X] -= 0.3 * env + shake
+            place = np.stack([side * half, np.zeros_like(half)], -1)  # (x, z) in the scene
+            people.append((angles, root, -side * np.pi / 2, place))
+        return people
+
+    angles = _rest_pose(rng, num_frames)
+    root = np.zeros((num_frames, 3))
+    env = _envelope(u, rng)
+    if action in ("raise_left_arm", "raise_right_arm"):  # up sideways, over the head
+        shoulder, sign = (L_SHOULDER, 1) if action == "raise_left_arm" else (R_SHOULDER, -1)
+        angles[:, shoulder, Z] += sign * rng.uniform(2.3, 2.9) * env
+        angles[:, shoulder, X] -= rng.uniform(0, 0.3) * env
+    elif action == "wave":  # right upper arm out, forearm up, forearm swinging side to side
+        swing = 0.45 * np.sin(2 * np.pi * rng.uniform(2.5, 4.5) * u + rng.uniform(0, 2 * np.pi))
+        angles[:, R_SHOULDER, Z] -= rng.uniform(1.2, 1.5) * env
+        angles[:, R_ELBOW, Z] -= (rng.uniform(1.3, 1.6) + swing) * env
+    elif action == "kick":  # right leg forwards and back, knee cocked then straight
+        kick = _smoothstep(u, 0.25, 0.45) * (1 - _smoothstep(u, 0.5, 0.7))
+        cock = np.sin(np.pi * _smoothstep(u, 0.15, 0.45))
+        angles[:, R_HIP, X] -= rng.uniform(1.0, 1.4) * kick
+        angles[:, R_KNEE, X] += rng.uniform(0.6, 0.9) * cock
+        angles[:, 1, X] -= 0.2 * kick  # lean back
+        angles[:, [L_SHOULDER, R_SHOULDER], Z] += np.array([1, -1]) * 0.3 * kick[:, None]
+    elif action == "squat":  # knees bent deep, arms forwards for balance, torso leaning
+        _bend_knees(angles, root, rng.uniform(1.6, 2.1) * env)
+        angles[:, [L_SHOULDER, R_SHOULDER], X] -= rng.uniform(1.0, 1.5) * env[:, None]
+        angles[:, 1, X] += 0.35 * env
+    elif action == "bow":  # bend forwards at the spine, arms hanging
+        depth = rng.uniform(0.7, 1.1) * env
+        angles[:, 1, X] += depth
+        angles[:, 20, X] += 0.2 * depth
+        angles[:, [L_SHOULDER, R_SHOULDER], X] -= 0.9 * depth[:, None]
+        angles[:, 2, X] -= 0.3 * depth  # keep looking ahead
+    elif action == "jump":  # crouch, take off with arms swinging up, land, crouch, stand
+        takeoff, flight = rng.uniform(0.35, 0.45), rng.uniform(0.12, 0.18)
+        land = takeoff + flight
+        crouch = (np.sin(np.pi * _smoothstep(u, takeoff - 0.2, takeoff))
+                  + np.sin(np.pi * _smoothstep(u, land, land + 0.2)))
+        _bend_knees(angles, root, rng.uniform(0.8, 1.2) * crouch)
+        s = np.clip((u - takeoff) / flight, 0, 1)
+        root[:, 1] += rng.uniform(0.15, 0.3) * 4 * s * (1 - s)  # ballistic flight
+        arms = np.sin(np.pi * _smoothstep(u, takeoff - 0.1, land + 0.1))
+        angles[:, [L_SHOULDER, R_SHOULDER], X] -= rng.uniform(2.0, 2.6) * arms[:, None]
+    elif action == "clap":  # hands forwards, meeting in front of the chest a few times
+        claps = 0.5 - 0.5 * np.cos(2 * np.pi * rng.uniform(3, 5) * u)
+        angles[:, [L_SHOULDER, R_SHOULDER], X] -= rng.uniform(1.1, 1.4) * env[:, None]
+        inward = (0.05 + 0.3 * claps) * env
+        angles[:, L_SHOULDER, Y] -= inward
+        angles[:, R_SHOULDER, Y] += inward
+        angles[:, [L_ELBOW, R_ELBOW], X] -= 0.4 * env[:, None]
+    else:
+        raise ValueError(f"unknown skeleton action {action!r}")
+    return [(angles, root, 0.0, np.zeros((num_frames, 2)))]
+
+
+def render_skeleton_action(action, rng, num_frames, noise=SKELETON_NOISE):
+    """float32 (3, num_frames, 25, 2) camera-space joints of one sample (second body all zeros for
+    one-person actions) with a random body size per person, viewpoint, place and noise."""
+    yaw = rng.uniform(-np.pi / 3, np.pi / 3)  # the scene turned about the vertical
+    tilt = _rotation(X, rng.uniform(-0.1, 0.1)) @ _rotation(Z, rng.uniform(-0.05, 0.05))
+    to_camera = np.diag([-1.0, 1.0, -1.0]) @ tilt @ _rotation(Y, yaw)  # body Z faces the camera
+    camera_height = rng.uniform(0.8, 1.1)
+    place = np.array([rng.uniform(-0.3, 0.3), 0.0, rng.uniform(2.6, 3.4)])  # camera frame
+    out = np.zeros((3, num_frames, 25, 2), np.float32)
+    for m, (angles, root, heading, where) in enumerate(_action_people(action, rng, num_frames)):
+        scale = rng.uniform(0.85, 1.15)
+        root = scale * root + [0, scale * _HIP_HEIGHT, 0]
+        joints = forward_kinematics(angles, np.zeros_like(root), scale)  # (T, V, 3) about the root
+        root = root + np.insert(where, 1, 0, axis=1)  # (x, z) place in the scene -> (x, 0, z)
+        scene = joints @ _rotation(Y, heading).T + root[:, None]
+        camera = scene @ to_camera.T + place - [0, camera_height, 0]
+        camera += rng.normal(0, noise, camera.shape) if noise else 0
+        out[..., m] = camera.transpose(2, 0, 1)
+    return out
+
+
+def _skeleton_sample(action, rng, frames):
+    """(float32 (3, 300, 25, 2) zero-padded sample, number of valid frames): a random duration in
+    [frames[0], frames[1]], then up to 10% cut from either end."""
+    from common.skeleton import MAX_FRAMES
+
+    length = int(rng.integers(frames[0], frames[1] + 1))
+    sample = render_skeleton_action(action, rng, length)
+    cut_start, cut_end = (int(c) for c in rng.integers(0, length // 10 + 1, 2))
+    sample = sample[:, cut_start:length - cut_end]
+    padded = np.zeros((3, MAX_FRAMES) + sample.shape[2:], np.float32)
+    padded[:, :sample.shape[1]] = sample
+    return padded, sample.shape[1]
+
+
+def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per_class_val=12,
+                               frames=(40, 120), seed=0):
+    """Writes the dataset once and returns dict(root, train, val, classes).
+
+    train / val: common.skeleton.protocol_paths(root, split), i.e. SkeletonDataset keyword
+    arguments of '{split}_data_joint.npy' float32 (N, 3, 300, 25, 2), '{split}_label.pkl' =
+    (sample_names, labels) and '{split}_num_frame.npy', as written by prepare_ntu. Samples are
+    class-major; classes = SKELETON_ACTIONS[:num_classes] (the default 8 include one two-person
+    action, 'approach'). Each sample lasts a random number of frames in [frames[0], frames[1]]
+    before up to 10% is cut from either end; the rest of the 300 frames are zeros.
+    root default: $VEF_CACHE (else ~/.cache/video_efficient)/synthetic_skeletons_<parameter hash>;
+    caching and atomic writing as synthetic_video_dataset.
+    """
+    from common.skeleton import MAX_FRAMES, _write_split, protocol_paths
+
+    if not 1 <= num_classes <= len(SKELETON_ACTIONS):
+        raise ValueError(f"num_classes must be in 1..{len(SKELETON_ACTIONS)}, got {num_classes}")
+    if not 2 <= frames[0] <= frames[1] <= MAX_FRAMES:
+        raise ValueError(f"frames must be (min, max) with 2 <= min <= max <= {MAX_FRAMES}, "
+                         f"got {frames}")
+    config = dict(version=SKELETON_FORMAT_VERSION, num_classes=num_classes,
+                  per_class_train=per_class_train, per_class_val=per_class_val,
+                  frames=list(frames), seed=seed)
+    if root is None:
+        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        cache = os.environ.get("VEF_CACHE") or os.path.expanduser("~/.cache/video_efficient")
+        root = os.path.join(cache, f"synthetic_skeletons_{digest}")
+    root = os.path.abspath(root)
+    classes = list(SKELETON_ACTIONS[:num_classes])
+    if not _is_complete(root, config):
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp", dir=os.path.dirname(root))
+        try:
+            for split, first, count in (("train", 0, per_class_train),
+                                        ("val", per_class_train, per_class_val)):
+                jobs = [(label, action, k) for label, action in enumerate(classes)
+                        for k in range(first, first + count)]
+                names = [f"{action}_{k:03d}" for _, action, k in jobs]
+                labels = [label for label, _, _ in jobs]
+                results = (_skeleton_sample(action, np.random.default_rng([seed, label, k]), frames)
+                           for label, action, k in jobs)  # one generator per sample
+                _write_split(tmp, split, names, labels, results, MAX_FRAMES)
+            with open(os.path.join(tmp, "classes.txt"), "w") as f:
+                f.writelines(c + "\n" for c in classes)
+            with open(os.path.join(tmp, "done.json"), "w") as f:
+                json.dump(config, f)
+            try:
+                os.rename(tmp, root)  # atomic; replaces an empty folder, fails on a non-empty one
+            except OSError:
+                if not _is_complete(root, config):  # not another process's finished copy
+                    raise FileExistsError(f"{root} exists and does not hold a synthetic skeleton "
+                                          f"dataset with these parameters; remove it or pass "
+                                          f"another root") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dict(root=root, train=protocol_paths(root, "train"), val=protocol_paths(root, "val"),
+                classes=classes)
