@@ -14,7 +14,7 @@ checkpoint on downstream setups that shift the domain (SSv2, Gym99), the number 
     torchrun --nproc_per_node=4 severe_eval.py --setup all ... --out-dir runs/severe/tc
     python severe_eval.py --summary runs/severe/*
 
-Status: every setup runs end to end; Charades still trains on video-level labels (issue 3).
+Every setup runs end to end, also without data (on the built-in synthetic videos).
 """
 import argparse
 import csv
@@ -41,8 +41,8 @@ from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, 
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
                            grad_scaler, load_checkpoint, resume_path, save_atomic, seed_everything, unwrap)
 from common.synthetic import synthetic_video_dataset, write_mp4
-from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, read_clip,
-                          read_video_list)
+from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, frame_rate,
+                          read_clip, read_video_list)
 
 # ============ downstream setups and their annotation files (Table 4.4, App. B) ============
 #
@@ -378,6 +378,7 @@ class Setup:
     linear: Optional[Schedule]     # Table B.2; None where the thesis gives no linear protocol
     subset_size: Optional[int] = None       # low-shot training subset (Sec 4.4): total videos asked for
     label_range: Optional[Tuple[int, int]] = None  # Gym99 within-set subset: [first, last + 1)
+    clip_stride: int = 1                    # frames between sampled frames (Charades: 8, App. C.4)
 
 
 _UCF_FILES = ("ucf101/classInd.txt", "ucf101/trainlist01.txt"), ("ucf101/classInd.txt", "ucf101/testlist01.txt")
@@ -414,7 +415,7 @@ SETUPS = {s.name: s for s in (
           label_range=(74, 89)),
     Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
-          _FT_CHARADES, None),
+          _FT_CHARADES, None, clip_stride=8),
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
     Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None),
@@ -672,12 +673,13 @@ class Clips(torch.utils.data.Dataset):
     test:  `num_clips` uniformly spaced clips, centre crop: (num_clips, T, 3, S, S).
     aot:   arrow of time (Table 4.3): every video is listed twice, target 0 (forward) and 1
            (the clip reversed here).
-    targets: per video an int label, or for multi-label a (C,) float multi-hot tensor.
+    targets: per video an int label, or for multi-label a (C,) float multi-hot tensor;
+    clip_targets(index, frame indices) -> target, when the label depends on the clip (Charades).
     """
 
-    def __init__(self, videos, targets, crop_size, train, aot=False):
+    def __init__(self, videos, targets, crop_size, train, aot=False, clip_targets=None):
         self.videos, self.targets, self.crop_size = videos, targets, crop_size
-        self.train, self.aot = train, aot
+        self.train, self.aot, self.clip_targets = train, aot, clip_targets
 
     def __len__(self):
         return len(self.videos)
@@ -700,9 +702,27 @@ class Clips(torch.utils.data.Dataset):
         if self.train and random.random() < 0.5:
             clips = clips.flip(-1)
         target = self.targets[item["index"]]
+        if self.clip_targets is not None:  # labels of the frames this clip covers (Charades)
+            target = self.clip_targets(item["index"], item["frames"])
         if self.aot and target == 1:  # arrow of time: target 1 = the clip played backwards
             clips = clips.flip(1)
         return (clips if clip.dim() == 5 else clips[0]), target, item["index"]
+
+
+class CharadesClipTargets:
+    """Multi-hot (157,) target of a training clip: the classes whose intervals contain any of the
+    clip's frames (start < t < end, t = frame / fps), as the SlowFast Charades loader aggregates
+    per-frame labels over the sampled clip. samples: [(path, [(class, start_s, end_s), ...])]."""
+
+    def __init__(self, samples):
+        self.samples, self.fps = samples, {}
+
+    def __call__(self, index, frames):
+        path, actions = self.samples[index]
+        if index not in self.fps:
+            self.fps[index] = frame_rate(path)
+        labels = frame_labels(actions, int(frames.max()) + 1, self.fps[index])[frames]
+        return torch.as_tensor(labels.any(0), dtype=torch.float32)
 
 
 # Input normalisation per checkpoint layout, as each was pretrained and as SEVERE finetunes it:
@@ -1665,6 +1685,12 @@ def lr_factor(sched, epoch):
 
 # ============ one setup ============
 
+def multi_hot(classes, num_classes):
+    target = torch.zeros(num_classes)
+    target[list(classes)] = 1
+    return target
+
+
 def setup_data(args, d, setup):
     """(train samples, test samples, targets per sample index, num_outputs) with paths under --data-root."""
     if args.data_root is None:
@@ -1682,23 +1708,21 @@ def setup_data(args, d, setup):
         num_classes = setup.num_classes
     if setup.task == "multilabel":
         if args.data_root is None:  # synthetic: the class as a one-hot target
-            train, test = [(p, torch.eye(num_classes)[y]) for p, y in train], [(p, torch.eye(num_classes)[y]) for p, y in test]
-        else:  # Charades: video-level multi-hot of the annotated actions
-            def multi_hot(actions):
-                target = torch.zeros(num_classes)
-                target[[c for c, _, _ in actions]] = 1
-                return target
-            train, test = [(p, multi_hot(a)) for p, a in train], [(p, multi_hot(a)) for p, a in test]
+            train, test = [(p, multi_hot([y], num_classes)) for p, y in train], [(p, multi_hot([y], num_classes)) for p, y in test]
+        else:  # Charades: training clips are labelled from the intervals (CharadesClipTargets),
+            # test videos with every action annotated in them (App. C.4)
+            test = [(p, multi_hot([c for c, _, _ in a], num_classes)) for p, a in test]
     if setup.task == "aot" and args.data_root is None:  # every video forward (0) and reversed (1)
         train, test = [[(p, r) for p, _ in split for r in (0, 1)] for split in (train, test)]
     num_outputs = 2 if setup.task == "aot" else num_classes
     return train, test, num_outputs
 
 
-def make_loader(samples, args, d, train, clips_per_video=1, aot=False, batch_size=None):
+def make_loader(samples, args, d, train, clips_per_video=1, aot=False, batch_size=None, stride=1,
+                clip_targets=None):
     videos = VideoClipDataset([(p, k) for k, (p, _) in enumerate(samples)], clip_len=args.clip_len,
-                              strides=(1,), short_side=args.short_side, train=train, num_clips=clips_per_video)
-    dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot)
+                              strides=(stride,), short_side=args.short_side, train=train, num_clips=clips_per_video)
+    dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
         if d.distributed else (torch.utils.data.RandomSampler(dataset) if train else None)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size or args.batch_size, sampler=sampler,
@@ -1730,6 +1754,7 @@ def run_setup(args, d, setup_name):
     if setup.task == "counting":
         return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
     test_loader = make_loader(test, args, d, train=False, clips_per_video=args.num_test_clips, aot=aot,
+                              stride=setup.clip_stride,
                               batch_size=max(1, batch_size // args.num_test_clips))
     t_start = time.time()
 
@@ -1761,7 +1786,9 @@ def run_setup(args, d, setup_name):
         optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
     scaler = grad_scaler(d.device, args.amp)
-    train_loader = make_loader(train, args, d, train=True, aot=aot, batch_size=batch_size)
+    clip_targets = CharadesClipTargets(train) if multilabel and args.data_root is not None else None
+    train_loader = make_loader(train, args, d, train=True, aot=aot, batch_size=batch_size,
+                               stride=setup.clip_stride, clip_targets=clip_targets)
     if len(train_loader) == 0:
         raise SystemExit(f"{len(train)} training videos are too few for a batch of {batch_size}")
 

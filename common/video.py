@@ -129,6 +129,16 @@ def count_frames(path):
         raise VideoReadError(f"cannot read {path}: {err}") from err
 
 
+def frame_rate(path):
+    """Frames per second of the first video stream (for labels given in seconds, e.g. Charades)."""
+    try:
+        container, _, rate, _, _ = _open_video(path)
+        container.close()
+        return float(rate)
+    except _DECODE_ERRORS as err:
+        raise VideoReadError(f"cannot read {path}: {err}") from err
+
+
 # ============ clip sampling ============
 
 def clip_indices(num_frames, clip_len, stride, start=None, rng=None):
@@ -295,7 +305,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
     """Clips from [(path, label)] samples.
 
     item: dict(clip=uint8 (T, H, W, 3), or (num_clips, T, H, W, 3) when num_clips > 1,
-               label=int, index=int index of the video actually read).
+               label=int, index=int index of the video actually read,
+               frames=(num_clips * T,) int64 frame indices that were read, for per-frame labels).
     train=True: random stride from `strides` and random starts; train=False: `num_clips`
     uniformly spaced starts with strides[0]. An unreadable video is reported to `counter` and
     replaced by a random other one; the run stops once more than max_fail_fraction failed.
@@ -334,11 +345,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return self._num_frames[i]
 
     def _read(self, i, sample_indices, rng):
-        """Frames of video i at sample_indices(num_frames), or of a random replacement video."""
+        """(frames, label, i, frame indices) of video i at sample_indices(num_frames), or of a random
+        replacement video."""
         for _ in range(self.max_retries + 1):
             path, label = self.samples[i]
             try:
-                frames = read_clip(path, sample_indices(self.num_frames(i)), self.short_side)
+                indices = sample_indices(self.num_frames(i))
+                frames = read_clip(path, indices, self.short_side)
             except VideoReadError as err:
                 self.counter.record_failure(path, err)
                 self.counter.check()
@@ -347,7 +360,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 continue
             self.counter.record_ok()
             self.counter.check()
-            return torch.from_numpy(frames), label, i
+            return torch.from_numpy(frames), label, i, indices
         raise RuntimeError(f"{self.max_retries + 1} videos in a row could not be read, the last "
                            f"one {path}; check the dataset")
 
@@ -361,7 +374,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         rng = self.rng() if rng is None else rng
         if stride is None:
             stride = int(rng.choice(self.strides)) if self.train else self.strides[0]
-        return self._read(i, lambda n: clip_indices(n, self.clip_len, stride, start, rng), rng)
+        return self._read(i, lambda n: clip_indices(n, self.clip_len, stride, start, rng), rng)[:3]
 
     def __getitem__(self, i):
         rng = self.rng()
@@ -374,6 +387,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 starts = uniform_starts(n, self.clip_len, stride, self.num_clips)
             return np.concatenate([clip_indices(n, self.clip_len, stride, s, rng) for s in starts])
 
-        frames, label, index = self._read(i, sample_indices, rng)
+        frames, label, index, indices = self._read(i, sample_indices, rng)
         clip = frames.reshape(self.num_clips, self.clip_len, *frames.shape[1:])
-        return dict(clip=clip[0] if self.num_clips == 1 else clip, label=label, index=index)
+        return dict(clip=clip[0] if self.num_clips == 1 else clip, label=label, index=index,
+                    frames=indices)

@@ -115,3 +115,46 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = result(out, "ucf101")
     assert r["test_videos"] == r["test_videos_listed"]  # predictions of both ranks gathered, no repeats
+
+
+def test_charades_clip_targets_follow_the_intervals_of_the_sampled_frames(tmp_path):
+    import numpy as np
+
+    import severe_eval as se
+    from common.synthetic import write_mp4
+    path = str(tmp_path / "v.mp4")
+    write_mp4(path, np.zeros((50, 16, 16, 3), np.uint8), fps=25)  # 2 s
+    # class 3 from 0.1 s to 0.5 s (frames 3..12 at 25 fps), class 7 from 1.0 s to 1.9 s (frames 26..47)
+    targets = se.CharadesClipTargets([(path, [(3, 0.1, 0.5), (7, 1.0, 1.9)])])
+    early = targets(0, np.arange(0, 8))      # frames 0..7: only class 3
+    late = targets(0, np.arange(24, 48, 8))  # frames 24, 32, 40: class 7 (24 is outside, 32 inside)
+    both = targets(0, np.array([4, 30]))
+    assert early.shape == (157,) and set(early.nonzero().flatten().tolist()) == {3}
+    assert set(late.nonzero().flatten().tolist()) == {7}
+    assert set(both.nonzero().flatten().tolist()) == {3, 7}
+    assert targets(0, np.array([0, 13, 20, 25])).sum() == 0  # t = 0, 0.52, 0.8, 1.0: in no open interval
+
+
+def test_charades_on_its_own_file_layout(tmp_path):
+    """Charades_v1_{train,test}.csv under ANN_ROOT/charades/ and <id>.mp4 under DATA_ROOT: per-clip
+    training labels at stride 8, max-pooled sigmoid test scores, mAP."""
+    import numpy as np
+
+    from common.synthetic import write_mp4
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "ann" / "charades").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    header = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
+    for split, ids in (("train", ["AAAA1", "AAAA2", "AAAA3", "AAAA4"]), ("test", ["BBBB1", "BBBB2"])):
+        rows = []
+        for k, vid in enumerate(ids):
+            write_mp4(str(tmp_path / "videos" / f"{vid}.mp4"), rng.integers(0, 255, (40, 36, 48, 3), np.uint8), fps=20)
+            rows.append(f'{vid},S1,Kitchen,6,7,Yes,"a script",cup,"words",c{k:03d} 0.0 1.2;c156 0.5 1.9,2.0\n')
+        (tmp_path / "ann" / "charades" / f"Charades_v1_{split}.csv").write_text(header + "".join(rows))
+    out = str(tmp_path / "out")
+    run(["--setup", "charades", *TINY, "--batch-size", "2", "--short-side", "36", "--data-root",
+         str(tmp_path / "videos"), "--ann-root", str(tmp_path / "ann"), "--out-dir", out])
+    r = result(out, "charades")
+    assert r["metric_name"] == "map" and 0 <= r["value"] <= 100 and r["test_videos"] == 2
+    # classes 0, 1 (one positive each) and 156 (both) have positives in the test set; the rest do not
+    assert sum(ap is not None for ap in r["per_class"]) == 3
