@@ -379,6 +379,7 @@ class Setup:
     subset_size: Optional[int] = None       # low-shot training subset (Sec 4.4): total videos asked for
     label_range: Optional[Tuple[int, int]] = None  # Gym99 within-set subset: [first, last + 1)
     clip_stride: int = 1                    # frames between sampled frames (Charades: 8, App. C.4)
+    clip_len: int = 32                      # frames per clip (App. C.4; arrow of time: 8, Table 4.3)
 
 
 _UCF_FILES = ("ucf101/classInd.txt", "ucf101/trainlist01.txt"), ("ucf101/classInd.txt", "ucf101/testlist01.txt")
@@ -418,7 +419,7 @@ SETUPS = {s.name: s for s in (
           _FT_CHARADES, None, clip_stride=8),
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
-    Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None),
+    Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8),
 )}
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
 
@@ -1656,7 +1657,7 @@ def parse_args(argv=None):
     g.add_argument("--short-side", type=int, default=128, help="frames are resized to this short side when decoded")
     g.add_argument("--select-on-test", action="store_true",
                    help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")
-    parser.set_defaults(clip_len=32, crop_size=112, batch_size=None, epochs=None, lr=None, out_dir="runs/severe")
+    parser.set_defaults(clip_len=None, crop_size=112, batch_size=None, epochs=None, lr=None, out_dir="runs/severe")
     args, _ = parser.parse_known_args(argv)
     if args.data_root is None and not (args.summary or args.print_split):
         parser.set_defaults(**SYNTHETIC_PRESET)
@@ -1732,6 +1733,7 @@ def make_loader(samples, args, d, train, clips_per_video=1, aot=False, batch_siz
 
 def run_setup(args, d, setup_name):
     setup = SETUPS[setup_name]
+    args = argparse.Namespace(**{**vars(args), "clip_len": args.clip_len or setup.clip_len})  # 32, AoT 8
     out_dir = os.path.join(args.out_dir, setup_name) if args.setup == "all" else args.out_dir
     os.makedirs(out_dir, exist_ok=True)
     sched = schedule(args, setup)
