@@ -1591,12 +1591,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
             with autocast(d.device, args.amp):
                 logits, boxes = model(x)
                 loss = counting_loss(logits.float(), boxes.float(), cls_target, box_target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss = loss.item()
-            check_finite(loss, epoch, it)
+            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
             loss_sum += loss
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
         record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)), lr=optimizer.param_groups[0]["lr"])
@@ -1674,6 +1669,18 @@ def schedule(args, setup):
     given = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                  milestones=None if args.milestones is None else tuple(args.milestones))
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def optimizer_step(loss, optimizer, scaler, epoch, it):
+    """Backward pass and parameter update (loss scaling for fp16 AMP); stops on a non-finite loss.
+    Returns the loss as a float for logging."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    loss = loss.item()
+    check_finite(loss, epoch, it)
+    return loss
 
 
 def lr_factor(sched, epoch):
@@ -1816,12 +1823,7 @@ def run_setup(args, d, setup_name):
                 logits = model(x)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), targets) if multilabel \
                     else F.cross_entropy(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss = loss.item()
-            check_finite(loss, epoch, it)
+            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
             loss_sum += loss
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
         record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(train_loader)),

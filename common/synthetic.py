@@ -155,20 +155,10 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
         raise ValueError(f"size {size}: height and width must be even for yuv420p h264")
     config = dict(version=FORMAT_VERSION, num_classes=num_classes, videos_per_class=videos_per_class,
                   num_frames=num_frames, size=list(size), seed=seed, val_fraction=val_fraction)
-    if root is None:
-        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-        cache = os.environ.get("VEF_CACHE") or os.path.expanduser("~/.cache/video_efficient")
-        root = os.path.join(cache, f"synthetic_videos_{digest}")
-    root = os.path.abspath(root)
+    root = _dataset_root(root, "synthetic_videos", config)
     classes = list(MOTIONS[:num_classes])
-    result = dict(root=root, train_list=os.path.join(root, "train.txt"),
-                  val_list=os.path.join(root, "val.txt"), classes=classes)
-    if _is_complete(root, config):
-        return result
 
-    os.makedirs(os.path.dirname(root), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp", dir=os.path.dirname(root))
-    try:
+    def write(tmp):
         num_val = round(videos_per_class * val_fraction)
         lines = {"train": [], "val": []}
         for label, motion in enumerate(classes):
@@ -182,6 +172,32 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
         for split, split_lines in lines.items():
             with open(os.path.join(tmp, f"{split}.txt"), "w") as f:
                 f.writelines(split_lines)
+
+    _write_once(root, config, classes, write)
+    return dict(root=root, train_list=os.path.join(root, "train.txt"),
+                val_list=os.path.join(root, "val.txt"), classes=classes)
+
+
+def _dataset_root(root, prefix, config):
+    """`root`, or by default $VEF_CACHE (else ~/.cache/video_efficient)/<prefix>_<hash of config>."""
+    if root is None:
+        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        cache = os.environ.get("VEF_CACHE") or os.path.expanduser("~/.cache/video_efficient")
+        root = os.path.join(cache, f"{prefix}_{digest}")
+    return os.path.abspath(root)
+
+
+def _write_once(root, config, classes, write):
+    """Unless `root` already holds a dataset of `config`: write(tmp) fills a temporary sibling
+    folder, classes.txt and done.json (the config) are added, and the folder is renamed to `root`
+    atomically, so concurrent processes (torchrun ranks, test workers) never see half a dataset;
+    when another process won the race, its identical copy is used."""
+    if _is_complete(root, config):
+        return
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp", dir=os.path.dirname(root))
+    try:
+        write(tmp)
         with open(os.path.join(tmp, "classes.txt"), "w") as f:
             f.writelines(c + "\n" for c in classes)
         with open(os.path.join(tmp, "done.json"), "w") as f:
@@ -194,7 +210,6 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
                                       f"these parameters; remove it or pass another root") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return result
 
 
 # ============ synthetic skeletons (NTU 25-joint format) ============
@@ -475,37 +490,19 @@ def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per
     config = dict(version=SKELETON_FORMAT_VERSION, num_classes=num_classes,
                   per_class_train=per_class_train, per_class_val=per_class_val,
                   frames=list(frames), seed=seed)
-    if root is None:
-        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-        cache = os.environ.get("VEF_CACHE") or os.path.expanduser("~/.cache/video_efficient")
-        root = os.path.join(cache, f"synthetic_skeletons_{digest}")
-    root = os.path.abspath(root)
+    root = _dataset_root(root, "synthetic_skeletons", config)
     classes = list(SKELETON_ACTIONS[:num_classes])
-    if not _is_complete(root, config):
-        os.makedirs(os.path.dirname(root), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp", dir=os.path.dirname(root))
-        try:
-            for split, first, count in (("train", 0, per_class_train),
-                                        ("val", per_class_train, per_class_val)):
-                jobs = [(label, action, k) for label, action in enumerate(classes)
-                        for k in range(first, first + count)]
-                names = [f"{action}_{k:03d}" for _, action, k in jobs]
-                labels = [label for label, _, _ in jobs]
-                results = (_skeleton_sample(action, np.random.default_rng([seed, label, k]), frames)
-                           for label, action, k in jobs)  # one generator per sample
-                _write_split(tmp, split, names, labels, results, MAX_FRAMES)
-            with open(os.path.join(tmp, "classes.txt"), "w") as f:
-                f.writelines(c + "\n" for c in classes)
-            with open(os.path.join(tmp, "done.json"), "w") as f:
-                json.dump(config, f)
-            try:
-                os.rename(tmp, root)  # atomic; replaces an empty folder, fails on a non-empty one
-            except OSError:
-                if not _is_complete(root, config):  # not another process's finished copy
-                    raise FileExistsError(f"{root} exists and does not hold a synthetic skeleton "
-                                          f"dataset with these parameters; remove it or pass "
-                                          f"another root") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp):
+        for split, first, count in (("train", 0, per_class_train), ("val", per_class_train, per_class_val)):
+            jobs = [(label, action, k) for label, action in enumerate(classes)
+                    for k in range(first, first + count)]
+            names = [f"{action}_{k:03d}" for _, action, k in jobs]
+            labels = [label for label, _, _ in jobs]
+            results = (_skeleton_sample(action, np.random.default_rng([seed, label, k]), frames)
+                       for label, action, k in jobs)  # one generator per sample
+            _write_split(tmp, split, names, labels, results, MAX_FRAMES)
+
+    _write_once(root, config, classes, write)
     return dict(root=root, train=protocol_paths(root, "train"), val=protocol_paths(root, "val"),
                 classes=classes)
