@@ -608,7 +608,7 @@ class PairDataset(torch.utils.data.Dataset):
 
 def square_crop(clip):
     """A random square of side min(H, W) from (T, H, W, 3): videos of any aspect ratio batch
-    together; the random resized crop to --crop-size happens later on the device."""
+    together; the multi-scale crop to --crop-size happens later on the device (make_views)."""
     t, h, w, _ = clip.shape
     s = min(h, w)
     y, x = random.randint(0, h - s), random.randint(0, w - s)
