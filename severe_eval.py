@@ -39,7 +39,7 @@ from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, load_checkpoint, resume_path, save_atomic, seed_everything, unwrap)
+                           grad_scaler, resume_training, save_atomic, seed_everything, unwrap)
 from common.synthetic import synthetic_video_dataset, write_mp4
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, frame_rate,
                           read_clip, read_video_list)
@@ -1569,15 +1569,8 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
         raise SystemExit(f"{len(dataset)} training inputs are too few for a batch of {batch_size}")
     d.print(f"{setup.name}: {len(train)} training and {len(test)} test videos, {len(dataset)} inputs per epoch, {sched}")
 
-    start_epoch = 0
-    ckpt_path = resume_path(args.resume, out_dir)
-    if ckpt_path:
-        ckpt = load_checkpoint(ckpt_path)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"]), scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"] + 1
-        d.print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    ckpt = resume_training(args.resume, out_dir, d, model, optimizer, scheduler, scaler)
+    start_epoch = ckpt["epoch"] + 1 if ckpt else 0
 
     progress = Progress(d, epochs, len(loader), batch_size * d.world_size, args.print_freq)
     for epoch in range(start_epoch, epochs):
@@ -1801,15 +1794,8 @@ def run_setup(args, d, setup_name):
     if len(train_loader) == 0:
         raise SystemExit(f"{len(train)} training videos are too few for a batch of {batch_size}")
 
-    start_epoch, best = 0, None
-    ckpt_path = resume_path(args.resume, out_dir)
-    if ckpt_path:
-        ckpt = load_checkpoint(ckpt_path)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"]), scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best")
-        d.print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    ckpt = resume_training(args.resume, out_dir, d, model, optimizer, scheduler, scaler)
+    start_epoch, best = (ckpt["epoch"] + 1, ckpt.get("best")) if ckpt else (0, None)
 
     progress = Progress(d, epochs, len(train_loader), batch_size * d.world_size, args.print_freq)
     for epoch in range(start_epoch, epochs):

@@ -36,7 +36,7 @@ from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, load_checkpoint, resume_path, save_atomic, seed_everything, unwrap)
+                           grad_scaler, resume_training, save_atomic, seed_everything, unwrap)
 from common.moco import MoCo, check_queue_size
 from common.synthetic import synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
@@ -812,16 +812,8 @@ def main(argv=None):
         benchmark(args, d, loader, model, optimizer)
         return
 
-    start_epoch = 0
-    ckpt_path = resume_path(args.resume, args.out_dir)
-    if ckpt_path:
-        ckpt = load_checkpoint(ckpt_path)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"] + 1
-        d.print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    ckpt = resume_training(args.resume, args.out_dir, d, model, optimizer, scheduler, scaler)
+    start_epoch = ckpt["epoch"] + 1 if ckpt else 0
 
     # ---- pretraining loop ----
     progress = Progress(d, args.epochs, len(loader), args.batch_size * d.world_size, args.print_freq)

@@ -155,6 +155,22 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def resume_training(resume, out_dir, d, model, optimizer, scheduler, scaler):
+    """--resume: restores model (inside DDP or not), optimizer, scheduler and scaler from the
+    checkpoint that `resume_path` names. Returns the checkpoint dict (its 'epoch' is the last one
+    finished), or None when the run starts fresh."""
+    path = resume_path(resume, out_dir)
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path)
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    d.print(f"resumed from {path} at epoch {ckpt['epoch'] + 1}")
+    return ckpt
+
+
 # ============ logs ============
 
 def append_jsonl(path, record):
