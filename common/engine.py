@@ -20,14 +20,18 @@ import torch.distributed as dist
 
 # ============ flags every script shares ============
 
-def add_common_args(parser, video=True):
-    """The flags of every script; each script sets its own defaults with `parser.set_defaults`."""
+def add_common_args(parser, video=True, data_help=None):
+    """The flags of every script; each script sets its own defaults with `parser.set_defaults`.
+    video=False leaves out the list-file and clip flags (skeleton scripts); data_help replaces the
+    help of --data-root."""
     g = parser.add_argument_group("data and run")
     g.add_argument("--data-root", default=None,
-                   help="folder the list files' paths are relative to; without it the built-in "
-                        "synthetic dataset is written (once) and used")
-    g.add_argument("--train-list", default=None, help="training list: 'path label' lines, or the Kinetics CSV")
-    g.add_argument("--val-list", default=None, help="validation list, same format")
+                   help=data_help or "folder the list files' paths are relative to; without it the built-in "
+                                     "synthetic dataset is written (once) and used")
+    if video:
+        g.add_argument("--train-list", default=None,
+                       help="training list: 'path label' lines, or the Kinetics CSV")
+        g.add_argument("--val-list", default=None, help="validation list, same format")
     g.add_argument("--out-dir", default="runs/default",
                    help="checkpoint.pt, log.jsonl (and backbone.pt for pretraining) are written here")
     g.add_argument("--epochs", type=int, default=100, help="passes over the training list")

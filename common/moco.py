@@ -62,22 +62,6 @@ class MoCo(nn.Module):
         self.queue[:, ptr:ptr + batch_size] = keys.T
         self.queue_ptr[0] = (ptr + batch_size) % self.queue_size
 
-    @torch.no_grad()
-    def _batch_shuffle(self, x):
-        """Shuffle a batch across all processes; returns (this process's part, the undo index)."""
-        x_all = concat_all_gather(x)
-        n_all, n = x_all.shape[0], x.shape[0]
-        idx_shuffle = torch.randperm(n_all, device=x.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(idx_shuffle, src=0)  # every process uses rank 0's permutation
-        idx_unshuffle = torch.argsort(idx_shuffle)
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return x_all[idx_shuffle.view(-1, n)[rank]], idx_unshuffle.view(-1, n)[rank]
-
-    @torch.no_grad()
-    def _batch_unshuffle(self, x, idx_unshuffle):
-        return concat_all_gather(x)[idx_unshuffle]
-
     def forward(self, x_q, x_k):
         """x_q, x_k: the two views of each positive pair, (B, ...) each.
 
@@ -88,16 +72,36 @@ class MoCo(nn.Module):
         with torch.no_grad():
             self._momentum_update_key_encoder()
             if self.shuffle_bn:
-                x_k, idx_unshuffle = self._batch_shuffle(x_k)
+                x_k, idx_unshuffle = batch_shuffle(x_k)
             k = F.normalize(self.encoder_k(x_k), dim=1)
             if self.shuffle_bn:
-                k = self._batch_unshuffle(k, idx_unshuffle)
+                k = batch_unshuffle(k, idx_unshuffle)
         l_pos = (q * k).sum(dim=1, keepdim=True)
         l_neg = q @ self.queue.clone().detach()
         logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         self._dequeue_and_enqueue(k)
         return logits, labels
+
+
+@torch.no_grad()
+def batch_shuffle(x):
+    """Shuffle a batch across all processes (shuffle-BN, MoCo Sec 3.3); returns (this process's
+    part, the index that undoes it with `batch_unshuffle`). In a single process it permutes the
+    batch locally, which changes nothing for BatchNorm but keeps one code path."""
+    x_all = concat_all_gather(x)
+    n_all, n = x_all.shape[0], x.shape[0]
+    idx_shuffle = torch.randperm(n_all, device=x.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(idx_shuffle, src=0)  # every process uses rank 0's permutation
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return x_all[idx_shuffle.view(-1, n)[rank]], idx_unshuffle.view(-1, n)[rank]
+
+
+@torch.no_grad()
+def batch_unshuffle(x, idx_unshuffle):
+    return concat_all_gather(x)[idx_unshuffle]
 
 
 @torch.no_grad()
