@@ -7,6 +7,10 @@ the motion-sensitive benchmarks of the thesis, for tests and quick runs without 
 
 Videos are h264 mp4 (yuv420p, 25 fps) with mmaction2 list files 'class/video.mp4 label', read by
 common/video.py exactly like real datasets.
+
+Also here: synthetic skeletons in the NTU '.npy/.pkl' format (synthetic_skeleton_dataset) and a
+paired RGB / optical flow / masked depth / skeleton stand-in for NTU RGB+D in its on-disk layout
+(synthetic_paired_dataset, Chapter 2), both animating a Kinect skeleton by forward kinematics.
 """
 import hashlib
 import json
@@ -506,3 +510,367 @@ def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per
     _write_once(root, config, classes, write)
     return dict(root=root, train=protocol_paths(root, "train"), val=protocol_paths(root, "val"),
                 classes=classes)
+
+
+# ============ synthetic paired modalities (NTU RGB+D on-disk layout, Chapter 2) ============
+# A stand-in for NTU RGB+D with every modality of one performance: RGB video, masked depth,
+# optical flow and skeleton, written where and how the real dataset (and the usual TV-L1 flow
+# extraction) puts them, so distill_modality.py's readers are exercised as on real data.
+
+def write_png16(path, array):
+    """Writes a (H, W) uint16 array as a 16-bit grayscale PNG (colour type 0, bit depth 16).
+
+    torchvision's encode_png takes uint8 only; NTU's depth maps are 16-bit PNGs in millimetres.
+    PNG stores samples big-endian, one filter-type byte (0 = none) before every row.
+    """
+    import struct
+    import zlib
+
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"expected a (H, W) array, got shape {array.shape}")
+    if array.dtype != np.uint16:
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError("values must fit in 0..65535")
+        array = array.astype(np.uint16)
+    h, w = array.shape
+    rows = np.zeros((h, 1 + 2 * w), np.uint8)  # filter byte 0, then big-endian samples
+    rows[:, 1:] = array.astype(">u2").view(np.uint8).reshape(h, 2 * w)
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n"
+           + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+           + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+# Classes. The numbers only place each class where NTU puts it: target classes among the NTU-60
+# numbers (1-60), source classes among the NTU-120-only numbers (61-120), the thesis's
+# "NTU-120 minus NTU-60" source (Sec 2.4.2); the names are the synthetic motions. The source
+# shares low-level motion with the target without sharing a class: arm raises (source) vs waving
+# and clapping (target), squatting vs jumping and bowing, two people walking up to each other vs
+# two people shaking hands, so a teacher trained on the source has features worth transferring.
+PAIRED_TARGET = ((1, "wave"), (2, "clap"), (3, "kick"), (4, "jump"), (5, "bow"), (6, "handshake"))
+PAIRED_SOURCE = ((61, "raise_left_arm"), (62, "raise_right_arm"), (63, "squat"), (64, "approach"))
+PAIRED_FORMAT_VERSION = 2  # bump when the rendering changes, so old caches are not reused
+NTU_FPS = 30
+CAMERA_YAWS = (-np.pi / 4, 0.0, np.pi / 4)  # cameras 1, 2, 3: NTU's -45, 0 and +45 degrees
+# Horizontal fields of view of the Kinect v2 colour and depth cameras (degrees); both cameras are
+# placed at the same point here (on the Kinect they are ~5 cm apart).
+RGB_FOV, DEPTH_FOV = 84.1, 70.6
+FLOW_BOUND = 20.0  # pixels; flow images store 128 + flow * 128 / bound, clipped (denseflow)
+
+# Body surface: one capsule per bone, (joint, joint, radius in metres, clothing part); clothing
+# parts 0 shirt, 1 trousers, 2 skin, 3 shoes. Thumbs are left out.
+_CAPSULES = (
+    (0, 1, 0.13, 0), (1, 20, 0.14, 0), (20, 2, 0.05, 2), (2, 3, 0.10, 2),      # torso, neck, head
+    (20, 4, 0.06, 0), (4, 5, 0.05, 0), (5, 6, 0.04, 0), (6, 7, 0.035, 2), (7, 21, 0.03, 2),
+    (20, 8, 0.06, 0), (8, 9, 0.05, 0), (9, 10, 0.04, 0), (10, 11, 0.035, 2), (11, 23, 0.03, 2),
+    (0, 12, 0.08, 1), (12, 13, 0.07, 1), (13, 14, 0.05, 1), (14, 15, 0.045, 3),
+    (0, 16, 0.08, 1), (16, 17, 0.07, 1), (17, 18, 0.05, 1), (18, 19, 0.045, 3),
+)
+
+
+def paired_intrinsics(size, fov):
+    """(focal, cx, cy) in pixels of a pinhole camera with square pixels, `size` (H, W) and
+    horizontal field of view `fov` degrees; pixel centres at integer coordinates.
+
+    Projection of a Kinect camera-space point (x left, y up, z away, metres), as the Kinect's
+    mirrored images: u = cx + focal * x / z, v = cy - focal * y / z.
+    """
+    h, w = size
+    return float((w / 2) / np.tan(np.radians(fov) / 2)), (w - 1) / 2, (h - 1) / 2
+
+
+def _project(points, intrinsics):
+    """(..., 3) camera-space points -> (..., 2) pixel coordinates (u, v)."""
+    focal, cx, cy = (float(x) for x in intrinsics)
+    z = np.maximum(points[..., 2], np.float32(0.05))
+    return np.stack([cx + focal * points[..., 0] / z, cy - focal * points[..., 1] / z], -1)
+
+
+def rasterise_capsules(ends, radii, size, intrinsics):
+    """Z-buffered rendering of capsules (limbs) seen by a pinhole camera.
+
+    ends: float (T, C, 2, 3) camera-space end points of C capsules per frame (metres); radii: (C,).
+    Returns depth (T, H, W) int32 millimetres to the nearest surface along the optical axis (0 =
+    nothing) and capsule (T, H, W) int32 index of that capsule (-1 = nothing). All capsules of all
+    frames are evaluated at once over the pixels of their bounding boxes (no per-pixel loop); the
+    nearest surface wins a scatter-min over the keys depth * 128 + capsule.
+    """
+    T, C = ends.shape[:2]
+    if C > 127:
+        raise ValueError("at most 127 capsules")
+    h, w = size
+    focal = float(intrinsics[0])
+    ends = np.asarray(ends, np.float32).reshape(T * C, 2, 3)
+    radii = np.tile(np.asarray(radii, np.float32), T)                         # (T * C,)
+    uv = _project(ends, intrinsics)                                          # (TC, 2, 2)
+    reach = focal * radii[:, None] / np.maximum(ends[..., 2], 0.05)          # (TC, 2) pixels
+    lo = np.maximum(np.floor((uv - reach[..., None]).min(1)), 0).astype(np.int64)
+    hi = np.minimum(np.ceil((uv + reach[..., None]).max(1)), [w - 1, h - 1]).astype(np.int64)
+    size_xy = np.where((ends[..., 2] > 0.05).all(1)[:, None], np.maximum(hi - lo + 1, 0), 0)
+    # one entry per (capsule, bounding-box pixel): ragged boxes flattened with repeat
+    area = size_xy[:, 0] * size_xy[:, 1]
+    owner = np.repeat(np.arange(T * C), area)
+    local = np.arange(len(owner)) - np.repeat(np.cumsum(area) - area, area)
+    px = (lo[owner, 0] + local % size_xy[owner, 0]).astype(np.float32)
+    py = (lo[owner, 1] + local // size_xy[owner, 0]).astype(np.float32)
+    a, ab = uv[:, 0], uv[:, 1] - uv[:, 0]                                   # (TC, 2)
+    length2 = np.maximum((ab ** 2).sum(-1), 1e-6)
+    ax, ay, abx, aby = a[owner, 0], a[owner, 1], ab[owner, 0], ab[owner, 1]
+    s = np.clip(((px - ax) * abx + (py - ay) * aby) / length2[owner], 0, 1)
+    d2 = (px - ax - s * abx) ** 2 + (py - ay - s * aby) ** 2
+    za, zb = ends[owner, 0, 2], ends[owner, 1, 2]
+    z_axis = np.maximum(za + s * (zb - za), 0.05)
+    r = radii[owner]
+    rpx2 = (focal * r / z_axis) ** 2
+    inside = d2 <= rpx2
+    owner, px, py, z_axis, r, d2, rpx2 = (x[inside] for x in (owner, px, py, z_axis, r, d2, rpx2))
+    surface = z_axis - r * np.sqrt(np.maximum(1 - d2 / rpx2, 0))          # front of the tube
+    t, c = owner // C, owner % C
+    key = np.clip(np.round(surface * 1000), 1, 65535).astype(np.int32) * 128 + c.astype(np.int32)
+    big = np.iinfo(np.int32).max
+    zbuffer = np.full(T * h * w, big, np.int32)
+    np.minimum.at(zbuffer, (t * h + py.astype(np.int64)) * w + px.astype(np.int64), key)
+    hit = zbuffer < big
+    depth = np.where(hit, zbuffer // 128, 0).reshape(T, h, w)
+    capsule = np.where(hit, zbuffer % 128, -1).reshape(T, h, w)
+    return depth, capsule
+
+
+def _paired_scene(action, rng, num_frames, scales, side):
+    """Joints (T, M, 25, 3) of one performance in the scene frame (metres; Y up, floor at Y = 0),
+    M = 1 or 2 people with body sizes `scales` (M,), as render_skeleton_action poses them, turned
+    as a whole towards the camera on one side (side +1 or -1, about 45 degrees): NTU's subjects
+    perform every action twice, facing the left and then the right camera."""
+    people = _action_people(action, rng, num_frames)
+    turn = _rotation(Y, side * np.pi / 4 + rng.normal(0, 0.15))
+    offset = np.array([rng.uniform(-0.2, 0.2), 0.0, rng.uniform(-0.2, 0.2)])
+    scene = np.zeros((num_frames, len(people), 25, 3))
+    for m, ((angles, root, heading, where), scale) in enumerate(zip(people, scales)):
+        root = scale * root + [0, scale * _HIP_HEIGHT, 0]
+        joints = forward_kinematics(angles, np.zeros_like(root), scale)
+        root = root + np.insert(where, 1, 0, axis=1)
+        scene[:, m] = (joints @ _rotation(Y, heading).T + root[:, None]) @ turn.T + offset
+    return scene
+
+
+def _to_camera(scene, camera, rig):
+    """Scene joints (..., 3) -> Kinect camera space of camera 1, 2 or 3 (x left, y up, z away).
+    rig: (distance, height, tilt) of the cameras, shared by the three (NTU: same height)."""
+    distance, height, tilt = rig
+    rotation = np.diag([-1.0, 1.0, -1.0]) @ _rotation(X, tilt) @ _rotation(Y, CAMERA_YAWS[camera - 1])
+    return scene @ rotation.T + [0, -height, distance]
+
+
+def _capsule_ends(joints):
+    """(T, M, 25, 3) joints -> (T, M * len(_CAPSULES), 2, 3) float32 capsule end points."""
+    first, second = (np.array([c[i] for c in _CAPSULES]) for i in (0, 1))
+    ends = np.stack([joints[:, :, first], joints[:, :, second]], 3)         # (T, M, B, 2, 3)
+    return ends.reshape(len(joints), -1, 2, 3).astype(np.float32)
+
+
+def render_paired_views(joints, colours, rgb_size, depth_size, background):
+    """Renders one camera's view of a performance.
+
+    joints: (T, M, 25, 3) camera-space joints (noise-free); colours: (M, 4, 3) clothing colours
+    per person (shirt, trousers, skin, shoes); background: (H, W, 3) float RGB image.
+    Returns rgb uint8 (T, H, W, 3), depth uint16 (T, Hd, Wd) mm (0 = background, as NTU's masked
+    depth), flow float32 (T - 1, H, W, 2) pixels (x right, y down) of the visible surface point
+    from frame t to t + 1, and mask bool (T, H, W) of the actor pixels in the RGB view.
+    """
+    radii = np.tile([c[2] for c in _CAPSULES], joints.shape[1]).astype(np.float32)
+    parts = np.tile([c[3] for c in _CAPSULES], joints.shape[1])
+    person = np.repeat(np.arange(joints.shape[1]), len(_CAPSULES))
+    ends = _capsule_ends(joints)
+    rgb_intrinsics = paired_intrinsics(rgb_size, RGB_FOV)
+    depth_mm, capsule = rasterise_capsules(ends, radii, rgb_size, rgb_intrinsics)
+    mask = capsule >= 0
+    t, y, x = np.nonzero(mask)
+    c = capsule[t, y, x]
+    # the visible point's position s along its capsule's axis (0 first end, 1 second end)
+    a, b = _project(ends[t, c, 0], rgb_intrinsics), _project(ends[t, c, 1], rgb_intrinsics)
+    ab = b - a
+    s = np.clip(((x - a[:, 0]) * ab[:, 0] + (y - a[:, 1]) * ab[:, 1])
+                / np.maximum((ab ** 2).sum(-1), 1e-6), 0, 1)[:, None]
+    point = ends[t, c, 0] + s * (ends[t, c, 1] - ends[t, c, 0])            # on the capsule axis
+    # colour: the clothing of the part, shaded by how squarely the surface faces the camera
+    facing = np.clip((point[:, 2] - depth_mm[t, y, x] / 1000) / radii[c], 0, 1)
+    rgb = np.repeat(np.asarray(background, np.float32)[None], len(joints), 0)
+    rgb[t, y, x] = colours[person[c], parts[c]] * (0.55 + 0.45 * facing[:, None])
+    rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    # flow: the visible point moves with its bone from frame t to t + 1 (static camera and room)
+    flow = np.zeros((len(joints) - 1,) + tuple(rgb_size) + (2,), np.float32)
+    last = t < len(joints) - 1
+    t, y, x, c, s, point = t[last], y[last], x[last], c[last], s[last], point[last]
+    moved = ends[t + 1, c, 0] + s * (ends[t + 1, c, 1] - ends[t + 1, c, 0])
+    flow[t, y, x] = _project(moved, rgb_intrinsics) - _project(point, rgb_intrinsics)
+    depth, _ = rasterise_capsules(ends, radii, depth_size, paired_intrinsics(depth_size, DEPTH_FOV))
+    return dict(rgb=rgb, depth=depth.astype(np.uint16), flow=flow, mask=mask)
+
+
+def flow_to_uint8(flow, bound=FLOW_BOUND):
+    """float flow (pixels) -> uint8 as stored by denseflow / mmaction2's TV-L1 extraction:
+    128 + flow * 128 / bound, rounded and clipped to 0..255 (128 = no motion)."""
+    return np.clip(np.round(128 + np.asarray(flow) * (128 / bound)), 0, 255).astype(np.uint8)
+
+
+def write_avi(path, frames, fps=NTU_FPS, bit_rate=2_000_000):
+    """Writes uint8 (T, H, W, 3) RGB frames as MPEG-4 part 2 in avi (NTU RGB+D's container; the
+    real files are 1920x1080 at 30 fps). H and W must be even (yuv420p)."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = bit_rate
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def _write_paired_video(tmp, name, views, with_depth, bound=FLOW_BOUND):
+    """Writes one camera's RGB avi, flow JPEGs and (target classes) masked-depth PNGs in the
+    NTU RGB+D / denseflow layout under `tmp`."""
+    import warnings
+
+    import torch
+    from torchvision.io import encode_jpeg
+
+    write_avi(os.path.join(tmp, "nturgb+d_rgb", f"{name}_rgb.avi"), views["rgb"])
+    flow_dir = os.path.join(tmp, "nturgb+d_flow", name)
+    os.makedirs(flow_dir)
+    flow = torch.from_numpy(flow_to_uint8(views["flow"], bound))             # (T - 1, H, W, 2)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs for torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = encode_jpeg([flow[t, None, :, :, i].contiguous() for t in range(len(flow))
+                              for i in (0, 1)], quality=95)
+    for t in range(len(flow)):  # one pair per consecutive frame pair, numbered from 1
+        for i, axis in enumerate("xy"):
+            with open(os.path.join(flow_dir, f"flow_{axis}_{t + 1:05d}.jpg"), "wb") as f:
+                f.write(images[2 * t + i].numpy().tobytes())
+    if with_depth:
+        depth_dir = os.path.join(tmp, "nturgb+d_depth_masked", name)
+        os.makedirs(depth_dir)
+        for t, image in enumerate(views["depth"]):  # NTU numbers depth frames from 1
+            write_png16(os.path.join(depth_dir, f"MDepth-{t + 1:08d}.png"), image)
+
+
+def _paired_performance(job):
+    """Renders and writes one performance (subject, replication, action) from the three cameras;
+    returns [(name, label, camera-space skeleton (3, T, 25, 2) with Kinect-like noise)] of the
+    target actions (label None: a source action, no depth or skeleton). Runs in pool workers; one
+    generator per performance, so the content does not depend on the order of the jobs."""
+    tmp, config, number, action, label, subject, replication = job
+    seed, (low, high) = config["seed"], config["num_frames"]
+    rgb_size, depth_size = tuple(config["rgb_size"]), tuple(config["depth_size"])
+    person = np.random.default_rng([seed, 1, subject])  # size and clothing of the subject
+    subject_look = (person.uniform(0.85, 1.15), person.uniform(20, 235, (4, 3)))
+    rng = np.random.default_rng([seed, 2, subject, replication, number])
+    length = int(rng.integers(low, high + 1))
+    partner = (rng.uniform(0.85, 1.15), rng.uniform(20, 235, (4, 3)))
+    scales, colours = zip(subject_look, partner)
+    scene = _paired_scene(action, rng, length, scales, 1 if replication % 2 else -1)
+    colours = np.stack(colours[:scene.shape[1]])
+    rig = (rng.uniform(3.0, 3.4), rng.uniform(0.9, 1.1), rng.uniform(-0.08, 0.08))
+    skeletons = []
+    for camera in (1, 2, 3):
+        name = f"S001C{camera:03d}P{subject:03d}R{replication:03d}A{number:03d}"
+        # one room seen by three cameras: the background depends on the camera only
+        background = _background(np.random.default_rng([seed, 0, camera]), *rgb_size)
+        joints = _to_camera(scene, camera, rig)
+        light = rng.uniform(0.85, 1.15)
+        views = render_paired_views(joints, colours * light, rgb_size, depth_size, background * light)
+        _write_paired_video(tmp, name, views, with_depth=label is not None)
+        if label is not None:  # Kinect skeleton: ~1 cm noise on the camera-space joints
+            noisy = joints + rng.normal(0, SKELETON_NOISE, joints.shape)
+            sample = np.zeros((3, length, 25, 2), np.float32)
+            sample[..., :noisy.shape[1]] = noisy.transpose(3, 0, 2, 1)
+            skeletons.append((name, label, sample))
+    return skeletons
+
+
+def _pad_frames(sample):
+    """(3, T, 25, 2) -> ((3, MAX_FRAMES, 25, 2) zero-padded, T)."""
+    from common.skeleton import MAX_FRAMES
+
+    padded = np.zeros((3, MAX_FRAMES) + sample.shape[2:], np.float32)
+    padded[:, :sample.shape[1]] = sample
+    return padded, sample.shape[1]
+
+
+def synthetic_paired_dataset(root=None, target_actions=6, source_actions=4, subjects=5,
+                             replications=2, num_frames=(40, 56), rgb_size=(72, 128),
+                             depth_size=(80, 96), seed=0, workers=None):
+    """Writes the paired multi-modal dataset once and returns
+    dict(root, rgb_dir, depth_dir, flow_dir, skeleton_dir, target_actions, source_actions, classes,
+    rgb_intrinsics, depth_intrinsics, flow_bound).
+
+    Every performance (subject 1..subjects, replication, action) is seen by NTU's three cameras,
+    so one sample name SsssCcccPpppRrrrAaaa (setup 1) per camera and common.skeleton.ntu_split's
+    cross-view split applies (camera 1 val, cameras 2 and 3 train). Layout under root, as NTU RGB+D
+    and the usual TV-L1 extraction write it:
+      nturgb+d_rgb/<name>_rgb.avi                       RGB, mpeg4 avi, 30 fps, rgb_size (H, W)
+      nturgb+d_flow/<name>/flow_{x,y}_%05d.jpg          frames - 1 pairs, 128 + px * 128 / 20
+      nturgb+d_depth_masked/<name>/MDepth-%08d.png      16-bit mm, 0 off the actors, depth_size
+      nturgb+d_skeleton_npy/xview/{train,val}_*         common/skeleton.py format (camera space)
+    Depth and skeletons exist for the target actions only (their labels: 0-based positions in
+    target_actions); source actions have RGB and flow only: they train the teacher (Sec 2.4.2).
+    RGB, flow, depth and skeleton of a sample have the same number of frames, drawn per
+    performance in num_frames = (min, max). Deterministic by seed; cached and written atomically
+    like synthetic_video_dataset (root default: $VEF_CACHE or ~/.cache/video_efficient).
+    workers: processes rendering performances (default min(CPUs, 8); 0 = this process only).
+    """
+    from common.skeleton import MAX_FRAMES, _pool, _write_split, ntu_split
+
+    if not (1 <= target_actions <= len(PAIRED_TARGET) and 1 <= source_actions <= len(PAIRED_SOURCE)):
+        raise ValueError(f"target_actions must be in 1..{len(PAIRED_TARGET)} and source_actions in "
+                         f"1..{len(PAIRED_SOURCE)}, got {target_actions}, {source_actions}")
+    if isinstance(num_frames, int):
+        num_frames = (num_frames, num_frames)
+    if not 2 <= num_frames[0] <= num_frames[1] <= MAX_FRAMES:
+        raise ValueError(f"num_frames must be (min, max) with 2 <= min <= max <= {MAX_FRAMES}")
+    if any(x % 2 for x in rgb_size):
+        raise ValueError(f"rgb_size {rgb_size}: height and width must be even (yuv420p)")
+    config = dict(version=PAIRED_FORMAT_VERSION, target_actions=target_actions,
+                  source_actions=source_actions, subjects=subjects, replications=replications,
+                  num_frames=list(num_frames), rgb_size=list(rgb_size),
+                  depth_size=list(depth_size), seed=seed)
+    root = _dataset_root(root, "synthetic_paired", config)
+    target, source = PAIRED_TARGET[:target_actions], PAIRED_SOURCE[:source_actions]
+    classes = dict(target + source)
+
+    def write(tmp):
+        for folder in ("nturgb+d_rgb", "nturgb+d_flow", "nturgb+d_depth_masked",
+                       "nturgb+d_skeleton_npy/xview"):
+            os.makedirs(os.path.join(tmp, folder))
+        jobs = [(tmp, config, number, action, label if label < len(target) else None, subject,
+                 replication)
+                for label, (number, action) in enumerate(target + source)
+                for subject in range(1, subjects + 1) for replication in range(1, replications + 1)]
+        pool = _pool(workers)
+        if pool is None:
+            done = [_paired_performance(job) for job in jobs]
+        else:
+            with pool:  # terminates the workers on errors too
+                done = pool.map(_paired_performance, jobs, chunksize=1)
+        skeletons = sorted((sample for samples in done for sample in samples), key=lambda x: x[0])
+        for split in ("train", "val"):
+            samples = [x for x in skeletons if ntu_split(x[0], "xview") == split]
+            _write_split(os.path.join(tmp, "nturgb+d_skeleton_npy", "xview"), split,
+                         [x[0] for x in samples], [x[1] for x in samples],
+                         (_pad_frames(x[2]) for x in samples), MAX_FRAMES)
+
+    _write_once(root, config, [f"A{n:03d} {name}" for n, name in classes.items()], write)
+    return dict(root=root, rgb_dir=os.path.join(root, "nturgb+d_rgb"),
+                depth_dir=os.path.join(root, "nturgb+d_depth_masked"),
+                flow_dir=os.path.join(root, "nturgb+d_flow"),
+                skeleton_dir=os.path.join(root, "nturgb+d_skeleton_npy", "xview"),
+                target_actions=[n for n, _ in target], source_actions=[n for n, _ in source],
+                classes=classes, rgb_intrinsics=paired_intrinsics(rgb_size, RGB_FOV),
+                depth_intrinsics=paired_intrinsics(depth_size, DEPTH_FOV), flow_bound=FLOW_BOUND)
