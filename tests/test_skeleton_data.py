@@ -306,7 +306,7 @@ def _rss_bytes():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 def test_skeleton_dataset_does_not_read_the_file(tmp_path):
-    n = 140  # 140 x 720 kB = 100 MB, written sparse: open_memmap only sets the file size
+    n = 140  # 140 x 180 kB = 25 MB, written sparse: open_memmap only sets the file size
     data = np.lib.format.open_memmap(tmp_path / "train_data_joint.npy", mode="w+",
                                      dtype=np.float32, shape=(n, 3, 300, 25, 2))
     data[5] = 1.5
@@ -320,6 +320,14 @@ def test_skeleton_dataset_does_not_read_the_file(tmp_path):
     growth = _rss_bytes() - before
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB"
     assert (a[0] == 1.5).all() and a[2] == 300 and b[2] == 3
+
+    # a whole pass (what every DataLoader worker makes each epoch) does not keep the file mapped
+    before = _rss_bytes()
+    for i in range(n):
+        sample, _, _ = ds[i]
+        assert sample[0, 0, 0, 0] == (1.5 if i == 5 else 2.0 if i == 100 else 0.0)
+    growth = _rss_bytes() - before
+    assert growth < 6 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over one pass of a 25 MB file"
 
 
 # ============ PKU-MMD ============
