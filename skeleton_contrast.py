@@ -513,14 +513,15 @@ class HCN(nn.Module):
         return out.view(B, M, -1).amax(dim=1)
 
 
-def build_encoder(name, width=1.0, frames=64):
+def build_encoder(name, width=1.0, frames=64, bigru="authors"):
     """The query/key encoder of one representation: (B, 3, L, 25, 2) -> (B, encoder.feature_dim).
 
     width 1.0 is the thesis's network (Sec 3.4.2); smaller widths give cheap test/CPU models: for
     "seq" it scales H (H = round(1024 width), at least 8), for "img" and "stg" the channels.
     """
     if name == "seq":
-        return BiGRU(in_dim=3 * 25 * 2, hidden=max(8, round(1024 * width)), layers=3)
+        return BiGRU(in_dim=3 * 25 * 2, hidden=max(8, round(1024 * width)), layers=3,
+                     reverse_backward=bigru == "textbook")
     if name == "img":
         return HCN(in_channels=3, num_joints=25, width=width, window=frames)
     if name == "stg":
@@ -603,8 +604,8 @@ def contrast_pairs(reprs):
     return [(a, b) for a in reprs for b in reprs if a != b]
 
 
-def encoder_with_head(name, width, dim=128, frames=64):
-    return EncoderWithHead(build_encoder(name, width, frames), dim)
+def encoder_with_head(name, width, dim=128, frames=64, bigru="authors"):
+    return EncoderWithHead(build_encoder(name, width, frames, bigru), dim)
 
 
 class SkeletonContrast(nn.Module):
@@ -617,11 +618,11 @@ class SkeletonContrast(nn.Module):
     """
 
     def __init__(self, reprs, width=1.0, dim=128, queue_size=16384, momentum=0.999, temperature=0.07,
-                 shuffle_bn=False, frames=64):
+                 shuffle_bn=False, frames=64, bigru="authors"):
         super().__init__()
         self.reprs, self.queue_size = list(reprs), queue_size
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
-        self.encoder_q = nn.ModuleDict({r: encoder_with_head(r, width, dim, frames) for r in self.reprs})
+        self.encoder_q = nn.ModuleDict({r: encoder_with_head(r, width, dim, frames, bigru) for r in self.reprs})
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -785,6 +786,11 @@ def parse_args(argv=None):
     g.add_argument("--width", type=float, default=1.0,
                    help="channel / hidden-unit multiplier of every encoder; 1.0 is the thesis's "
                         "(BiGRU H=1024, HCN 4096-d, AGCN 256-d)")
+    g.add_argument("--bigru", choices=["authors", "textbook"], default="authors",
+                   help="seq encoder: 'authors' computes the network of the authors' code, which feeds "
+                        "their bidirectional GRU one frame at a time, so both directions read the frames "
+                        "first to last (BiGRU docstring); 'textbook' lets the second direction read them "
+                        "last to first")
     g.add_argument("--queue-size", type=int, default=16384,
                    help="negatives |N| per representation: 16,384 for NTU-60/120, 8,192 for PKU-MMD I, "
                         "2,048 for PKU-MMD II (Sec 3.4.2)")
@@ -923,7 +929,7 @@ def pretrain(args, d):
 
     model = SkeletonContrast(args.reprs, args.width, queue_size=args.queue_size,
                              momentum=args.moco_momentum, temperature=args.temperature,
-                             shuffle_bn=d.distributed, frames=args.frames).to(d.device)
+                             shuffle_bn=d.distributed, frames=args.frames, bigru=args.bigru).to(d.device)
     for r in args.reprs:
         d.print(f"  f_q^{r.upper()}: {count_parameters(model.encoder_q[r].backbone) / 1e6:.2f}M parameters "
                 f"+ {count_parameters(model.encoder_q[r].head) / 1e6:.2f}M projection head")
@@ -1001,7 +1007,7 @@ def pretrained_backbones(args):
     with --init scratch. Returns (name -> encoder, width)."""
     if args.init == "scratch":
         reprs = args.downstream_reprs or ["seq"]
-        return {r: build_encoder(r, args.width, args.frames) for r in reprs}, args.width
+        return {r: build_encoder(r, args.width, args.frames, args.bigru) for r in reprs}, args.width
     ckpt = load_checkpoint(args.checkpoint)
     if "model" not in ckpt or "args" not in ckpt:
         raise SystemExit(f"--checkpoint {args.checkpoint}: not a checkpoint written by skeleton_contrast.py "
@@ -1019,7 +1025,7 @@ def pretrained_backbones(args):
                          f"on {pre_args['frames']}-frame views and only takes that length")
     backbones = {}
     for r in reprs:
-        backbone = build_encoder(r, pre_args["width"], pre_args["frames"])
+        backbone = build_encoder(r, pre_args["width"], pre_args["frames"], pre_args.get("bigru", "authors"))
         prefix = f"encoder_q.{r}.backbone."
         state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
         result = backbone.load_state_dict(state, strict=False)
