@@ -1,0 +1,1242 @@
+"""Feature-Supervised Action Modality Transfer (thesis Chapter 2).
+
+A teacher network trained to recognise *other* actions from RGB or optical flow supervises a depth
+or 3D-skeleton student through its features, using unlabeled modality pairs of the target dataset
+(Sec 2.3, Eq. 2.1-2.5); the student is then finetuned with a few labeled target examples per class
+and evaluated video-level (Sec 2.4.3, Tables 2.1-2.5, Fig. 2.3). One script, four stages:
+
+    teacher   supervised 3D-ResNet-18 on the source dataset's RGB or flow (or --teacher-checkpoint)
+    transfer  the frozen teacher's penultimate feature supervises the student's (--granularity)
+    finetune  --per-class K labeled target examples per class, drawn by --seed (each of --seeds)
+    eval      video-level top-1 on the validation split; mean +- std over --seeds
+
+    # CPU run of every stage on the built-in synthetic paired dataset (a few minutes)
+    python distill_modality.py
+    # Table 2.3 "Combined" row, flow teacher from NTU-120 minus NTU-60, one GPU
+    python distill_modality.py --data-root data/ntu --teacher-modality flow --granularity combined \
+        --per-class 20 --seeds 0,1,2,3,4 --workers 8 --amp --out-dir runs/distill/flow_combined
+    # the same on 8 GPUs (global batch 8 x 16 = 128)
+    torchrun --nproc_per_node=8 distill_modality.py --data-root data/ntu --batch-size 16 ...
+    # two-stream row of Table 2.1: fuse the predictions of an RGB- and a flow-taught student
+    python distill_modality.py --fuse runs/distill/rgb/results_transfer_k20.json \
+        runs/distill/flow/results_transfer_k20.json --out-dir runs/distill/two_stream
+
+Output in --out-dir: teacher/ (teacher.pt, checkpoint.pt, log.jsonl), transfer/ (student.pt,
+checkpoint.pt, teacher_features.pt, log.jsonl), finetune_<init>_k<K>/seed<S>/ (model.pt,
+checkpoint.pt, log.jsonl, predictions.pt) and results_<init>_k<K>.json (per-seed and mean +- std
+video-level top-1). Every stage resumes with --resume auto.
+"""
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
+
+from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, video_encoder
+from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
+                           grad_scaler, load_checkpoint, resume_training, save_atomic, seed_everything,
+                           unwrap)
+from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
+from common.video import clip_indices, count_frames, read_clip, read_samples
+
+# ============ NTU RGB+D on disk: names, modalities, pairs (Sec 2.4.1, 2.4.2) ============
+#
+# NTU RGB+D as distributed, under --data-root (each folder can be given on its own):
+#   nturgb+d_rgb/<name>_rgb.avi                        RGB, 1920 x 1080, 30 fps
+#   nturgb+d_depth_masked/<name>/MDepth-%08d.png       masked depth, 16-bit PNG in millimetres, 0 = background
+#   nturgb+d_flow/<name>/flow_x_%05d.jpg, flow_y_...   optical flow (denseflow / TV-L1 layout; x_, y_ also read)
+#   nturgb+d_skeleton_npy/<protocol>/{train,val}_data_joint.npy, _label.pkl, _num_frame.npy
+# <name> is SsssCcccPpppRrrrAaaa (setup, camera, performer, replication, action). The target dataset
+# is NTU-60 (actions 1-60); the source dataset "NTU-120 minus NTU-60" is every NTU-120 video of actions
+# 61-120 (Sec 2.4.2), found in the same kind of folders by the action number of the file name.
+
+NTU60_ACTIONS = 60
+# Depth is scaled to [0, 1] by a fixed metric range: min(depth, 4.5 m) / 4.5 m. 4.5 m is the far end
+# of the Kinect v2's specified range (0.5-4.5 m); masked background (0) stays 0. A fixed range (not a
+# per-video min-max) keeps absolute distance, so a person farther away looks different from a near one.
+DEPTH_MAX_MM = 4500.0
+FLOW_PREFIXES = (("flow_x_", "flow_y_"), ("x_", "y_"))  # denseflow / mmaction layouts
+MODALITY_CHANNELS = dict(rgb=3, flow=2, depth=1)
+
+
+def ntu_key(name):
+    """'SsssCcccPpppRrrrAaaa' from a file or folder name ('..._rgb.avi', '.skeleton', 'MDepth' folder)."""
+    ids = parse_ntu_name(name)
+    return "S{setup:03d}C{camera:03d}P{subject:03d}R{replication:03d}A{action:03d}".format(**ids)
+
+
+def ntu_action(key):
+    return parse_ntu_name(key)["action"]
+
+
+def _require_dir(path, flag):
+    if path is None or not os.path.isdir(path):
+        raise FileNotFoundError(f"{flag}: folder not found: {path}")
+
+
+def index_rgb_videos(rgb_dir, flag="--rgb-dir"):
+    """{NTU name: path} of the '<name>_rgb.avi' (or any video) files of a folder."""
+    _require_dir(rgb_dir, flag)
+    videos = {}
+    for entry in os.scandir(rgb_dir):
+        if entry.is_file() and entry.name.lower().endswith((".avi", ".mp4", ".mkv")):
+            try:
+                videos[ntu_key(entry.name)] = entry.path
+            except ValueError:
+                continue  # not an NTU sample (e.g. a README)
+    return videos
+
+
+def index_frame_folders(frame_dir, flag):
+    """{NTU name: folder} of the per-video frame folders of a depth or flow folder."""
+    _require_dir(frame_dir, flag)
+    folders = {}
+    for entry in os.scandir(frame_dir):
+        if entry.is_dir():
+            try:
+                folders[ntu_key(entry.name)] = entry.path
+            except ValueError:
+                continue
+    return folders
+
+
+@functools.lru_cache(maxsize=None)
+def depth_files(folder):
+    """Sorted MDepth-%08d.png paths of one masked-depth folder (cached per process)."""
+    return tuple(sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                        if f.startswith("MDepth-") and f.endswith(".png")))
+
+
+@functools.lru_cache(maxsize=None)
+def flow_files(folder):
+    """(x paths, y paths) of one flow folder, matched by frame number: flow_x_%05d.jpg or x_%05d.jpg."""
+    names = set(os.listdir(folder))
+    for px, py in FLOW_PREFIXES:
+        xs = sorted(n for n in names if n.startswith(px) and n.endswith(".jpg"))
+        if xs:
+            missing = [n for n in xs if py + n[len(px):] not in names]
+            if missing:
+                raise FileNotFoundError(f"{folder}: {py + missing[0][len(px):]} missing (flow y for {missing[0]})")
+            return (tuple(os.path.join(folder, n) for n in xs),
+                    tuple(os.path.join(folder, py + n[len(px):]) for n in xs))
+    return (), ()
+
+
+def non_empty(folders, files_of, what):
+    """Drops (and reports on stderr) the folders without frames."""
+    empty = sorted(k for k, f in folders.items() if not files_of(f))
+    if empty:
+        print(f"{len(empty)} empty {what} folder(s) skipped, e.g. {folders[empty[0]]}", file=sys.stderr, flush=True)
+    return {k: f for k, f in folders.items() if k not in set(empty)}
+
+
+def match_pairs(teacher_items, target_items, teacher_what, target_what):
+    """Sorted NTU names present in both {name: path} dicts (Sec 2.3.1: unlabeled modality pairs).
+
+    Target items without their teacher-modality counterpart (e.g. a depth folder without its RGB
+    video) are reported on stderr and skipped.
+    """
+    names = sorted(set(teacher_items) & set(target_items))
+    unmatched = sorted(set(target_items) - set(teacher_items))
+    if unmatched:
+        print(f"{len(unmatched)} {target_what} without a {teacher_what} skipped (unmatched pairs), e.g. "
+              + ", ".join(unmatched[:5]), file=sys.stderr, flush=True)
+    if not names:
+        raise SystemExit(f"no {target_what} has a matching {teacher_what}: check the folders")
+    return names
+
+
+# ============ readers: uint8 / int16 clips on CPU workers ============
+
+def read_depth_frames(paths, indices):
+    """int32 (T, H, W) millimetres of the 16-bit PNGs at `indices`, read without losing range."""
+    frames = []
+    for i in indices:
+        image = decode_png(read_file(paths[i]), mode=ImageReadMode.UNCHANGED)
+        if image.dtype != torch.uint16:
+            raise ValueError(f"{paths[i]}: an {image.dtype} PNG; masked depth maps are 16-bit millimetres")
+        frames.append(image[0].to(torch.int32))
+    return torch.stack(frames)
+
+
+def read_flow_frames(xs, ys, indices):
+    """uint8 (T, H, W, 2) flow (x, y) at `indices`; 128 means no motion."""
+    def gray(path):
+        return decode_jpeg(read_file(path), mode=ImageReadMode.GRAY)[0]
+    return torch.stack([torch.stack([gray(xs[i]), gray(ys[i])], -1) for i in indices])
+
+
+def square_crop(frames, short_side, position):
+    """(T, H, W[, C]) -> (T, S, S[, C]) with S = short_side: the square of side min(H, W) at `position`
+    in [0, 1] along the long side (0.5 = centre), resized (depth: nearest, so no depth is invented
+    between person and background; flow: bilinear)."""
+    h, w = frames.shape[1:3]
+    s = min(h, w)
+    y, x = round(position * (h - s)), round(position * (w - s))
+    frames = frames[:, y:y + s, x:x + s]
+    if s == short_side:
+        return frames
+    planar = frames.unsqueeze(-1) if frames.dim() == 3 else frames
+    planar = planar.permute(0, 3, 1, 2).float()
+    depth = frames.dim() == 3
+    planar = F.interpolate(planar, size=(short_side, short_side), mode="nearest" if depth else "bilinear",
+                           align_corners=None if depth else False)
+    planar = planar.permute(0, 2, 3, 1)
+    return planar[..., 0].to(frames.dtype) if depth else planar.round().clamp(0, 255).to(torch.uint8)
+
+
+class Modality:
+    """One modality of a set of videos: num_frames(path) and read(path, indices, short_side, position)
+    -> (T, S, S, C) clip (uint8 for rgb / flow, int32 millimetres for depth)."""
+
+    def __init__(self, name):
+        if name not in MODALITY_CHANNELS:
+            raise ValueError(f"unknown modality {name!r}")
+        self.name, self.channels = name, MODALITY_CHANNELS[name]
+        self._frames = {}
+
+    def num_frames(self, path):
+        if path not in self._frames:
+            if self.name == "rgb":
+                n = count_frames(path)
+            elif self.name == "depth":
+                n = len(depth_files(path))
+            else:
+                n = len(flow_files(path)[0])
+            if n < 1:
+                raise ValueError(f"{path}: no {self.name} frames")
+            self._frames[path] = n
+        return self._frames[path]
+
+    def read(self, path, indices, short_side, position):
+        indices = np.asarray(indices) % self.num_frames(path)
+        if self.name == "rgb":  # resized to the short side while decoding (swscale)
+            frames = torch.from_numpy(read_clip(path, indices, short_side))
+        elif self.name == "depth":
+            frames = read_depth_frames(depth_files(path), indices)
+        else:
+            frames = read_flow_frames(*flow_files(path), indices)
+        clip = square_crop(frames, short_side, position)
+        return clip.unsqueeze(-1) if clip.dim() == 3 else clip
+
+
+def video_clip_starts(num_frames, clip_len, num_clips=0):
+    """Starts of the clips covering a whole video: N = num_frames / clip_len non-overlapping clips
+    (Sec 2.3.2.2; at least 1), or `num_clips` evenly spaced ones when > 0."""
+    if num_clips > 0:
+        last = max(num_frames - clip_len, 0)
+        return [int(round(s)) for s in np.linspace(0, last, num_clips)] if num_clips > 1 else [last // 2]
+    return [k * clip_len for k in range(max(1, num_frames // clip_len))]
+
+
+class Clips(torch.utils.data.Dataset):
+    """[(path, label)] of one modality.
+
+    train=True: one clip of clip_len consecutive frames at a random start (looped when short) from a
+    random square -> dict(clip=(T, S, S, C), label, index). train=False: all clips of the video
+    (video_clip_starts) from the centre square -> clip (N, T, S, S, C); batch these one video at a time.
+    """
+
+    def __init__(self, items, modality, clip_len, short_side, train, num_clips=0):
+        self.items, self.modality = list(items), Modality(modality)
+        self.clip_len, self.short_side, self.train, self.num_clips = clip_len, short_side, train, num_clips
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, label = self.items[i]
+        n = self.modality.num_frames(path)
+        if self.train:
+            indices = clip_indices(n, self.clip_len, 1, rng=np.random.default_rng(torch.randint(2 ** 62, ()).item()))
+            clip = self.modality.read(path, indices, self.short_side, float(torch.rand(())))
+        else:
+            starts = video_clip_starts(n, self.clip_len, self.num_clips)
+            indices = np.concatenate([np.arange(s, s + self.clip_len) for s in starts])
+            clip = self.modality.read(path, indices, self.short_side, 0.5)
+            clip = clip.view(len(starts), self.clip_len, *clip.shape[1:])
+        return dict(clip=clip, label=label, index=i)
+
+
+class PairClips(torch.utils.data.Dataset):
+    """Unlabeled modality pairs for the transfer (Sec 2.3.1): [(name, target path, teacher path)].
+
+    item: dict(student=(T, S, S, C_target) clip at a random start from a random square,
+               teacher=(T, S, S, C_teacher) the paired clip at the same relative time (the two modalities
+               may differ by a frame or two in length) from the centre square, index).
+    The frozen teacher sees its evaluation view, so its features are a fixed target for each clip; the
+    student's augmentation (corner crop, flip, on the device) teaches it to match them from any view.
+    """
+
+    def __init__(self, pairs, target, teacher, clip_len, short_side, with_teacher_clip=True):
+        self.pairs, self.target, self.teacher = list(pairs), Modality(target), Modality(teacher)
+        self.clip_len, self.short_side, self.with_teacher_clip = clip_len, short_side, with_teacher_clip
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        _, target_path, teacher_path = self.pairs[i]
+        n = self.target.num_frames(target_path)
+        start = int(torch.randint(max(n - self.clip_len, 0) + 1, ()))
+        student = self.target.read(target_path, np.arange(start, start + self.clip_len), self.short_side,
+                                   float(torch.rand(())))
+        item = dict(student=student, index=i)
+        if self.with_teacher_clip:  # Eq. 2.1: the paired teacher clip
+            m = self.teacher.num_frames(teacher_path)
+            t0 = min(round(start * m / n), max(m - self.clip_len, 0))
+            item["teacher"] = self.teacher.read(teacher_path, np.arange(t0, t0 + self.clip_len),
+                                                self.short_side, 0.5)
+        return item
+
+
+class IndexedSkeletons(torch.utils.data.Dataset):
+    """Rows `rows` of a SkeletonDataset: dict(skeleton=(3, T, 25, 2) float, label, index into rows)."""
+
+    def __init__(self, dataset, rows):
+        self.dataset, self.rows = dataset, list(rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        sample, label, _ = self.dataset[self.rows[i]]
+        return dict(skeleton=torch.from_numpy(sample), label=label, index=i)
+
+
+# ============ input pipeline on the device (Sec 2.4.3) ============
+# Multi-scale corner cropping of Hara et al. [83]: a square of side scale x (short side), scale from
+# {1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2}, at one of the 4 corners or the centre, resized to crop_size,
+# then a horizontal flip with p = 0.5. Batched: one affine sampling grid per clip.
+
+CORNER_SCALES = (1.0, 2 ** -0.25, 2 ** -0.5, 2 ** -0.75, 0.5)
+
+
+def normalise(clips, modality):
+    """(B, T, S, S, C) uint8 / int32 -> float (B, C, T, S, S): RGB with torchvision's Kinetics
+    statistics, flow as (v - 128) / 128 (so 0 = no motion, +-1 = +-bound px), depth as
+    min(d, DEPTH_MAX_MM) / DEPTH_MAX_MM."""
+    x = clips.permute(0, 4, 1, 2, 3).float()
+    if modality == "rgb":
+        mean = torch.tensor(KINETICS_MEAN, device=x.device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(KINETICS_STD, device=x.device).view(1, 3, 1, 1, 1)
+        return (x / 255 - mean) / std
+    if modality == "flow":
+        return (x - 128) / 128
+    return x.clamp(0, DEPTH_MAX_MM) / DEPTH_MAX_MM
+
+
+def multiscale_corner_crop(x, size, modality, generator=None):
+    """x (B, C, T, S, S) -> (B, C, T, size, size): random corner crop, resize and horizontal flip.
+
+    A flipped flow clip also negates its x component (motion to the right becomes motion to the left).
+    """
+    B, C, T, S, _ = x.shape
+    dev = x.device
+    scale = torch.tensor(CORNER_SCALES, device=dev)[torch.randint(len(CORNER_SCALES), (B,), device=dev)]
+    corner = torch.randint(5, (B,), device=dev)  # 0 centre, 1 top-left, 2 top-right, 3 bottom-left, 4 bottom-right
+    off = 1 - scale  # crop centre offset, in [-1, 1] grid coordinates, that puts the crop into a corner
+    cx = torch.where((corner == 1) | (corner == 3), -off, torch.where(corner == 0, 0 * off, off))
+    cy = torch.where((corner == 1) | (corner == 2), -off, torch.where(corner == 0, 0 * off, off))
+    flip = torch.rand(B, device=dev) < 0.5
+    sign = 1 - 2 * flip.float()
+    zero = torch.zeros_like(scale)
+    theta = torch.stack([torch.stack([scale * sign, zero, cx], -1), torch.stack([zero, scale, cy], -1)], 1)
+    grid = F.affine_grid(theta, (B, C * T, size, size), align_corners=False)
+    out = F.grid_sample(x.reshape(B, C * T, S, S), grid, mode="nearest" if modality == "depth" else "bilinear",
+                        align_corners=False).view(B, C, T, size, size)
+    if modality == "flow":
+        out = torch.cat([out[:, :1] * sign.view(B, 1, 1, 1, 1), out[:, 1:]], 1)
+    return out
+
+
+def centre_view(x, size, modality):
+    """Evaluation view (B, C, T, S, S) -> (B, C, T, size, size): the whole centre square, resized."""
+    B, C, T, S, _ = x.shape
+    if S == size:
+        return x
+    mode = "nearest" if modality == "depth" else "bilinear"
+    return F.interpolate(x.reshape(B, C * T, S, S), size=(size, size), mode=mode,
+                         align_corners=None if mode == "nearest" else False).view(B, C, T, size, size)
+
+
+def to_input(clips, modality, size, train, device):
+    """uint8 / int32 clips (B, T, S, S, C) on the CPU -> normalised float (B, C, T, size, size) on `device`."""
+    x = normalise(clips.to(device, non_blocking=True), modality)
+    return multiscale_corner_crop(x, size, modality) if train else centre_view(x, size, modality)
+
+
+# ============ networks (Sec 2.3.1, 2.4.3) ============
+
+def resnet_blocks(net, x):
+    """Globally pooled outputs of the four ResNet blocks of a torchvision VideoResNet, [(B, C_l)].
+
+    The last one is the network's penultimate feature (the input of fc): F_RGB / F_Target of Sec 2.3.1.
+    """
+    x = net.stem(x)
+    pooled = []
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        pooled.append(x.mean(dim=(2, 3, 4)))
+    return pooled
+
+
+RESNET_WIDTHS = (64, 128, 256, 512)
+
+
+def matched_layers(match_layers):
+    """Indices into resnet_blocks(...) that the transfer matches: the last layer only, or (Sec 2.5.1.4)
+    every ResNet block's pooled output along with the last layer."""
+    return [3] if match_layers == "last" else [0, 1, 2, 3]
+
+
+class Classifier(nn.Module):
+    """Encoder + fc: (B, C, T, H, W) or (N, 3, T, 25, 2) -> (B, num_classes) logits."""
+
+    def __init__(self, encoder, feature_dim, num_classes):
+        super().__init__()
+        self.encoder, self.fc = encoder, nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.encoder(x))
+
+
+class Student(nn.Module):
+    """The student during the transfer: its features at the matched layers, each projected linearly to
+    the teacher's width when the widths differ (Sec 2.3.1: "the dimension of its output features should
+    be matched with F_RGB, if different"); identity otherwise.
+
+    depth: R3D-18 taking 1 channel, features = pooled ResNet blocks; skeleton: ST-GCN, feature = (N, 256).
+    """
+
+    def __init__(self, target, encoder, layers, teacher_widths, student_widths):
+        super().__init__()
+        self.target, self.encoder, self.layers = target, encoder, layers
+        self.proj = nn.ModuleList(nn.Identity() if student_widths[l] == teacher_widths[l]
+                                  else nn.Linear(student_widths[l], teacher_widths[l]) for l in layers)
+
+    def forward(self, x):
+        feats = resnet_blocks(self.encoder, x) if self.target == "depth" else [self.encoder(x)]
+        if self.target != "depth":
+            feats = [None, None, None, feats[0]]
+        return [p(feats[l]) for p, l in zip(self.proj, self.layers)]
+
+
+def new_student_encoder(args):
+    """(encoder, widths per layer): R3D-18 with a 1-channel first convolution, or ST-GCN."""
+    if args.target == "depth":
+        encoder, _ = video_encoder("r3d_18", in_channels=1)
+        return encoder, RESNET_WIDTHS
+    encoder = STGCN(width=args.stgcn_width)
+    return encoder, (None, None, None, encoder.feature_dim)
+
+
+# ============ checkpoints: teacher and student weights ============
+
+def _encoder_state(raw, path):
+    """The encoder's state dict (torchvision keys) from one of: our teacher.pt / student.pt
+    ({'encoder': ...}), a stage checkpoint.pt ({'model': {'encoder.*': ...}}), or a plain torchvision
+    state dict such as the Kinetics-400 r3d_18 weights (fc.* entries are dropped)."""
+    if isinstance(raw, dict) and isinstance(raw.get("encoder"), dict):
+        return raw["encoder"]
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        return {k[len("encoder."):]: v for k, v in raw["model"].items() if k.startswith("encoder.")}
+    if isinstance(raw, dict) and raw and all(torch.is_tensor(v) for v in raw.values()):
+        return {k: v for k, v in raw.items() if not k.startswith("fc.")}
+    raise SystemExit(f"{path}: not a teacher/student file, stage checkpoint or torchvision state dict")
+
+
+def read_weights(path, flag):
+    if not os.path.isfile(path):
+        raise SystemExit(f"{flag} {path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt file or an old pickle: say which file and flag
+        raise SystemExit(f"{flag} {path}: cannot be read with torch.load(weights_only=True): {err}") from None
+
+
+def load_encoder(encoder, state, path, flag, channels, what):
+    """Strict load; a first convolution with the wrong number of input channels gets a message that
+    names the flag, the file and the modality instead of a shape mismatch deep inside torch."""
+    stem = state.get("stem.0.weight")
+    if stem is not None and stem.shape[1] != channels:
+        raise SystemExit(f"{flag} {path}: its first convolution takes {stem.shape[1]} input channel(s) "
+                         f"but the {what} needs {channels}")
+    own = encoder.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise SystemExit(f"{flag} {path}: weights do not fit the {what}: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, wrong shape {wrong[:5]}")
+    encoder.load_state_dict(state, strict=True)
+
+
+def build_teacher(args, path):
+    """The frozen teacher encoder (R3D-18 on rgb or flow) from `path`, in eval mode without gradients."""
+    channels = MODALITY_CHANNELS[args.teacher_modality]
+    encoder, _ = video_encoder("r3d_18", in_channels=channels)
+    raw = read_weights(path, "--teacher-checkpoint")
+    if isinstance(raw, dict) and raw.get("modality") not in (None, args.teacher_modality):
+        raise SystemExit(f"--teacher-checkpoint {path}: a {raw['modality']} teacher, but "
+                         f"--teacher-modality {args.teacher_modality}")
+    load_encoder(encoder, _encoder_state(raw, path), path, "--teacher-checkpoint", channels,
+                 f"{args.teacher_modality} teacher (--teacher-modality {args.teacher_modality})")
+    encoder.eval().requires_grad_(False)
+    return encoder
+
+
+# ============ losses of the feature-supervised granularities (Sec 2.3.2, Eq. 2.1-2.5, Table 2.2) ============
+
+def feature_distance(student, teacher, loss="cosine"):
+    """Mean over the batch of Cosine_Distance(F_Target, F_RGB) = 1 - cos (Eq. 2.1), or the mean squared
+    error (Table 2.2). (B, D), (B, D) -> scalar."""
+    if loss == "cosine":
+        return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
+    return F.mse_loss(student.float(), teacher.float())
+
+
+def video_feature(clip_features, num_clips):
+    """Eq. 2.3: F_video = 1/N sum_i F_i over the N clips of each video.
+
+    clip_features (B, N_max, D) padded, num_clips (B,) -> (B, D)."""
+    mask = (torch.arange(clip_features.shape[1], device=clip_features.device).view(1, -1)
+            < num_clips.view(-1, 1)).to(clip_features.dtype)
+    return (clip_features * mask.unsqueeze(-1)).sum(1) / num_clips.view(-1, 1).to(clip_features.dtype)
+
+
+def granularity_loss(student, teacher_clip, teacher_video, granularity, loss="cosine"):
+    """Sum over matched layers of the granularity's loss. Lists (one (B, D_l) per layer):
+    student  F_Target (a clip feature for depth, a whole-sequence feature for skeletons),
+    teacher_clip  F_RGB^clip of the paired clip (clip2clip, combined), teacher_video  F_RGB^video (Eq. 2.3).
+
+    clip2clip (Eq. 2.1): L(F_Target^clip, F_RGB^clip)
+    video2clip (Eq. 2.2): L(F_Target^clip, F_RGB^video)
+    combined (Eq. 2.4): the sum of the two
+    video2video (Eq. 2.5): L(F_Target^video, F_RGB^video)
+    """
+    total = 0.0
+    for l, s in enumerate(student):
+        if granularity in ("clip2clip", "combined"):
+            total = total + feature_distance(s, teacher_clip[l], loss)
+        if granularity in ("video2clip", "combined", "video2video"):
+            total = total + feature_distance(s, teacher_video[l], loss)
+    return total
+
+
+# ============ few labels (Sec 2.4.3, Sec 2.5) ============
+
+def per_class_subset(labels, k, seed, fraction=1.0):
+    """Sorted row indices with exactly k examples of every class (all of a class that has fewer, with a
+    warning), drawn without replacement by `seed`; k = 0 keeps every row. fraction < 1 then keeps that
+    random fraction (Fig. 2.3: half of the training set)."""
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    rows = np.arange(len(labels))
+    if k > 0:
+        chosen = []
+        for c in np.unique(labels):
+            of_class = rows[labels == c]
+            if len(of_class) < k:
+                print(f"class {c}: only {len(of_class)} labeled examples, fewer than --per-class {k}; using all",
+                      file=sys.stderr)
+            chosen.append(rng.choice(of_class, min(k, len(of_class)), replace=False))
+        rows = np.concatenate(chosen)
+    if fraction < 1.0:
+        rows = rng.choice(rows, max(1, int(round(fraction * len(rows)))), replace=False)
+    return np.sort(rows)
+
+
+def freeze_for_finetuning(model, target):
+    """Sec 2.4.3: the depth student trains only its last ResNet block and fc; the skeleton student trains
+    every layer. Returns the trainable parameters."""
+    if target == "depth":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("encoder.layer4.", "fc.")))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_mode(model, target):
+    """model.train(), but BatchNorm layers of the frozen part stay in eval mode: their running
+    statistics are part of the transferred representation and must not drift with few labels."""
+    model.train()
+    if target == "depth":
+        for name, m in unwrap(model).named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(("encoder.layer4", "fc")):
+                m.eval()
+
+
+# ============ data of each stage ============
+
+def data_folders(args, d):
+    """Fills args.rgb_dir, depth_dir, flow_dir, skeleton_dir: from the flags, from --data-root with the
+    NTU folder names, or (no data flags) from the built-in synthetic paired dataset."""
+    given = [args.data_root, args.rgb_dir, args.depth_dir, args.flow_dir, args.skeleton_dir]
+    if all(g is None for g in given):
+        from common.synthetic import synthetic_paired_dataset
+        if d.main:  # rank 0 writes it once (cached); the others wait
+            synthetic_paired_dataset()
+        d.barrier()
+        syn = synthetic_paired_dataset()
+        args.rgb_dir, args.depth_dir = syn["rgb_dir"], syn["depth_dir"]
+        args.flow_dir, args.skeleton_dir = syn["flow_dir"], syn["skeleton_dir"]
+        return
+    root = args.data_root or ""
+    defaults = dict(rgb_dir="nturgb+d_rgb", depth_dir="nturgb+d_depth_masked", flow_dir="nturgb+d_flow",
+                    skeleton_dir=os.path.join("nturgb+d_skeleton_npy", args.protocol))
+    for key, sub in defaults.items():
+        if getattr(args, key) is None and args.data_root is not None:
+            setattr(args, key, os.path.join(root, sub))
+
+
+def teacher_modality_items(args, source_dirs=False):
+    """{NTU name: path} of the teacher modality: RGB videos or flow folders."""
+    if args.teacher_modality == "rgb":
+        folder = (args.source_rgb_dir or args.rgb_dir) if source_dirs else args.rgb_dir
+        return index_rgb_videos(folder, "--source-rgb-dir" if source_dirs and args.source_rgb_dir else "--rgb-dir")
+    folder = (args.source_flow_dir or args.flow_dir) if source_dirs else args.flow_dir
+    flag = "--source-flow-dir" if source_dirs and args.source_flow_dir else "--flow-dir"
+    return non_empty(index_frame_folders(folder, flag), lambda f: flow_files(f)[0], "flow")
+
+
+def source_items(args):
+    """Labeled source videos for the teacher (Sec 2.4.2): [(path, label)], number of classes.
+
+    ntu120_minus_60: NTU-120 videos of actions 61-120 (label = action - 61), found by file name.
+    kinetics: --train-list (official CSV or 'path label' list) under --source-root; for a flow teacher the
+    flow folder of each video is --source-flow-dir/<video file name without extension>.
+    """
+    if args.source == "ntu120_minus_60":
+        items = {k: p for k, p in teacher_modality_items(args, source_dirs=True).items()
+                 if ntu_action(k) > NTU60_ACTIONS}
+        if not items:
+            raise SystemExit("no NTU-120 videos of actions 61-120 (A061-A120) found for the teacher; "
+                             "pass --source-rgb-dir / --source-flow-dir")
+        samples = [(items[k], ntu_action(k) - NTU60_ACTIONS - 1) for k in sorted(items)]
+        return samples, max(y for _, y in samples) + 1
+    if args.train_list is None or args.source_root is None:
+        raise SystemExit("--source kinetics needs --source-root (videos) and --train-list (CSV or list)")
+    samples = read_samples(args.train_list, args.source_root)
+    if args.teacher_modality == "flow":
+        _require_dir(args.source_flow_dir, "--source-flow-dir")
+        samples = [(os.path.join(args.source_flow_dir, os.path.splitext(os.path.basename(p))[0]), y)
+                   for p, y in samples]
+    return samples, max(y for _, y in samples) + 1
+
+
+def depth_items(args, split):
+    """[(depth folder, label)] of NTU-60 (actions 1-60, label = action - 1) in `split` of --protocol."""
+    folders = non_empty(index_frame_folders(args.depth_dir, "--depth-dir"), depth_files, "depth")
+    names = sorted(k for k in folders if ntu_action(k) <= NTU60_ACTIONS and ntu_split(k, args.protocol) == split)
+    if not names:
+        raise SystemExit(f"no depth folders of the {split} split ({args.protocol}) under {args.depth_dir}")
+    return [(folders[k], ntu_action(k) - 1) for k in names], names
+
+
+def skeleton_split(args, split):
+    try:
+        return SkeletonDataset(**protocol_paths(args.skeleton_dir, split))
+    except FileNotFoundError as err:
+        raise SystemExit(f"--skeleton-dir: {err}") from None
+
+
+def num_target_classes(labels):
+    return int(max(labels)) + 1
+
+
+# ============ stages ============
+
+def stage_dir(args, stage, seed=None):
+    if stage in ("teacher", "transfer"):
+        return os.path.join(args.out_dir, stage)
+    path = os.path.join(args.out_dir, f"finetune_{run_tag(args)}")
+    return path if seed is None else os.path.join(path, f"seed{seed}")
+
+
+def run_tag(args):
+    labels = f"k{args.per_class}" if args.per_class > 0 else "all"
+    if args.label_fraction < 1:
+        labels += f"_frac{args.label_fraction:g}"
+    return f"{args.init}_{labels}"
+
+
+def make_loader(dataset, args, d, train, batch_size=None):
+    """DataLoader with a DistributedSampler under torchrun. Training: shuffled, whole batches only (the
+    per-process batch shrinks, with a message, when the set is smaller than one global batch)."""
+    if train:
+        batch_size = batch_size or args.batch_size
+        fit_batch = max(1, len(dataset) // d.world_size)
+        if batch_size > fit_batch:
+            d.print(f"{len(dataset)} training items: batch size per process lowered from {batch_size} to {fit_batch}")
+            batch_size = fit_batch
+        sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True)
+                   if d.distributed else torch.utils.data.RandomSampler(dataset))
+    else:  # evaluation: every world_size-th item on each process, in order; results are summed later
+        batch_size = batch_size or 1
+        dataset = torch.utils.data.Subset(dataset, list(range(d.rank, len(dataset), d.world_size)))
+        sampler = None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                                         num_workers=args.workers, drop_last=train,
+                                         pin_memory=d.device.type == "cuda",
+                                         persistent_workers=train and args.workers > 0)
+    return loader
+
+
+def lr_schedule(optimizer, epochs, steps):
+    """lr x 0.1 at each fraction of the stage's epochs in --lr-steps (per epoch). Hara et al.'s code
+    divides by 10 at epochs 50, 100, 150 of 200, i.e. the default 0.25 0.5 0.75."""
+    milestones = sorted({max(1, int(round(f * epochs))) for f in steps})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+
+
+def fit(args, d, out_dir, model, params, loader, epochs, weight_decay, batch_loss, set_train_mode, tag):
+    """The training loop every stage shares: SGD (momentum 0.9), the --lr-steps schedule, AMP, resume,
+    progress lines, one JSON line per epoch, an atomic checkpoint per epoch.
+
+    batch_loss(batch) -> (loss, dict of extra per-batch numbers to average, e.g. top1)."""
+    os.makedirs(out_dir, exist_ok=True)
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=weight_decay)
+    scheduler = lr_schedule(optimizer, epochs, args.lr_steps)
+    scaler = grad_scaler(d.device, args.amp)
+    ckpt = resume_training(args.resume, out_dir, d, model, optimizer, scheduler, scaler)
+    start = ckpt["epoch"] + 1 if ckpt else 0
+    progress = Progress(d, epochs, len(loader), loader.batch_size * d.world_size, args.print_freq)
+    for epoch in range(start, epochs):
+        if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        set_train_mode()
+        t0, sums = time.time(), {}
+        for it, batch in enumerate(loader):
+            with autocast(d.device, args.amp):
+                loss, extra = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss = loss.item()
+            check_finite(loss, epoch, it)
+            for k, v in dict(loss=loss, **extra).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        record = dict(stage=tag, epoch=epoch, **{k: d.all_reduce_mean(v / len(loader)) for k, v in sums.items()},
+                      lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 1))
+        if d.main:
+            append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
+            print(json.dumps(record), flush=True)
+            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                             args=vars(args)), os.path.join(out_dir, "checkpoint.pt"))
+        d.barrier()
+
+
+def ddp(model, d):
+    model.to(d.device)
+    if d.distributed:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    return model
+
+
+def stage_epochs(args, stage):
+    value = dict(teacher=args.teacher_epochs, transfer=args.transfer_epochs, finetune=args.finetune_epochs)[stage]
+    if value is not None:
+        return value
+    if args.epochs is not None:
+        return args.epochs
+    if stage == "teacher":
+        return 200  # Hara et al.'s code
+    return dict(depth=dict(transfer=400, finetune=100), skeleton=dict(transfer=120, finetune=70))[args.target][stage]
+
+
+def target_weight_decay(args):
+    if args.weight_decay is not None:
+        return args.weight_decay
+    return 1e-3 if args.target == "depth" else 1e-5  # Sec 2.4.3
+
+
+# ----- stage 1: teacher (Sec 2.4.3, "Teacher Network") -----
+
+def run_teacher(args, d):
+    """Supervised R3D-18 on the source dataset's RGB or flow with Hara et al.'s recipe: 16-frame clips,
+    multi-scale corner crop to 112, flip, SGD lr 0.1, momentum 0.9, weight decay 1e-3, batch 128."""
+    out = stage_dir(args, "teacher")
+    samples, num_classes = source_items(args)
+    d.print(f"teacher: {len(samples)} source videos ({args.source}, {args.teacher_modality}), {num_classes} classes")
+    dataset = Clips(samples, args.teacher_modality, args.clip_len, args.short_side, train=True)
+    loader = make_loader(dataset, args, d, train=True)
+    encoder, width = video_encoder("r3d_18", in_channels=MODALITY_CHANNELS[args.teacher_modality])
+    model = ddp(Classifier(encoder, width, num_classes), d)
+
+    def batch_loss(batch):
+        x = to_input(batch["clip"], args.teacher_modality, args.crop_size, True, d.device)
+        labels = batch["label"].to(d.device)
+        logits = model(x)
+        return F.cross_entropy(logits, labels), dict(top1=(logits.argmax(1) == labels).float().mean().item())
+
+    fit(args, d, out, model, model.parameters(), loader, stage_epochs(args, "teacher"), 1e-3, batch_loss,
+        model.train, "teacher")
+    if d.main:
+        net = unwrap(model)
+        save_atomic(dict(encoder=encoder_state_dict(net.encoder), fc=net.fc.state_dict(),
+                         modality=args.teacher_modality, num_classes=num_classes, source=args.source),
+                    os.path.join(out, "teacher.pt"))
+        d.print(f"teacher written to {os.path.join(out, 'teacher.pt')}")
+    d.barrier()
+
+
+def teacher_path(args):
+    path = args.teacher_checkpoint or os.path.join(stage_dir(args, "teacher"), "teacher.pt")
+    if not os.path.isfile(path):
+        raise SystemExit(f"no teacher at {path}: run --stage teacher first or pass --teacher-checkpoint")
+    return path
+
+
+# ----- stage 2: cross-modal transfer (Sec 2.3) -----
+
+@torch.no_grad()
+def teacher_video_features(args, d, teacher, paths, layers, cache):
+    """F_RGB^video (Eq. 2.3) of every pair's teacher-modality video, one (P, D_l) tensor per matched layer.
+
+    The frozen teacher sees the centre view of the N = frames / clip_len clips of each video (or
+    --teacher-clips evenly spaced ones), so the video feature is fixed and computed once per run: each
+    process does every world_size-th video, the results are summed over processes, and the table is
+    cached in `cache` (reused when the teacher, videos and clip settings are the same).
+    """
+    key = dict(teacher=os.path.abspath(teacher_path(args)), mtime=os.path.getmtime(teacher_path(args)),
+               paths=list(paths), layers=list(layers), clip_len=args.clip_len, crop_size=args.crop_size,
+               short_side=args.short_side, teacher_clips=args.teacher_clips)
+    if os.path.isfile(cache):
+        stored = load_checkpoint(cache)
+        if stored.get("key") == key:
+            d.print(f"teacher video features from {cache}")
+            return [f.to(d.device) for f in stored["features"]]
+    t0 = time.time()
+    dataset = Clips([(p, -1) for p in paths], args.teacher_modality, args.clip_len, args.short_side, train=False,
+                    num_clips=args.teacher_clips)
+    loader = make_loader(dataset, args, d, train=False)
+    feats = [torch.zeros(len(paths), RESNET_WIDTHS[l], device=d.device) for l in layers]
+    for batch in loader:  # one video: (1, N, T, S, S, C)
+        clips = batch["clip"][0]
+        per_clip = [[] for _ in layers]
+        for chunk in clips.split(args.eval_batch_size):
+            with autocast(d.device, args.amp):
+                blocks = resnet_blocks(teacher, to_input(chunk, args.teacher_modality, args.crop_size, False, d.device))
+            for j, l in enumerate(layers):
+                per_clip[j].append(blocks[l].float())
+        for j in range(len(layers)):
+            f = torch.cat(per_clip[j]).unsqueeze(0)  # (1, N, D)
+            feats[j][batch["index"][0]] = video_feature(f, torch.tensor([f.shape[1]], device=d.device))[0]
+    if d.distributed:
+        for f in feats:
+            torch.distributed.all_reduce(f)
+    if d.main:
+        save_atomic(dict(key=key, features=[f.cpu() for f in feats]), cache)
+    d.print(f"teacher video features of {len(paths)} videos in {time.time() - t0:.0f} s")
+    d.barrier()
+    return feats
+
+
+def run_transfer(args, d):
+    """Feature-supervised transfer from the frozen teacher to a new student on unlabeled training pairs."""
+    out = stage_dir(args, "transfer")
+    os.makedirs(out, exist_ok=True)
+    teacher = build_teacher(args, teacher_path(args)).to(d.device)
+    layers = matched_layers(args.match_layers)
+    teacher_items = teacher_modality_items(args)
+    what = "RGB video" if args.teacher_modality == "rgb" else "flow folder"
+    if args.target == "depth":  # pairs (teacher modality, depth) of the training split, actions 1-60
+        items, names = depth_items(args, "train")
+        depth = {k: path for k, (path, _) in zip(names, items)}
+        names = match_pairs(teacher_items, depth, what, "depth folder(s)")
+        pairs = [(k, depth[k], teacher_items[k]) for k in names]
+        dataset = PairClips(pairs, "depth", args.teacher_modality, args.clip_len, args.short_side,
+                            with_teacher_clip=args.granularity in ("clip2clip", "combined"))
+    else:  # pairs (teacher modality, whole skeleton sequence) of the training split
+        skeletons = skeleton_split(args, "train")
+        by_name = {ntu_key(n): r for r, n in enumerate(skeletons.sample_names)}
+        names = match_pairs(teacher_items, by_name, what, "skeleton sequence(s)")
+        pairs = [(k, by_name[k], teacher_items[k]) for k in names]
+        dataset = IndexedSkeletons(skeletons, [r for _, r, _ in pairs])
+    d.print(f"transfer: {len(pairs)} unlabeled ({args.teacher_modality}, {args.target}) pairs, "
+            f"granularity {args.granularity}, {args.loss} loss, layers {args.match_layers}")
+
+    video = None
+    if args.granularity in ("video2clip", "combined", "video2video"):
+        video = teacher_video_features(args, d, teacher, [p for _, _, p in pairs], layers,
+                                       os.path.join(out, "teacher_features.pt"))
+    encoder, widths = new_student_encoder(args)
+    model = ddp(Student(args.target, encoder, layers, RESNET_WIDTHS, widths), d)
+    loader = make_loader(dataset, args, d, train=True)
+
+    def batch_loss(batch):
+        if args.target == "depth":
+            student = model(to_input(batch["student"], "depth", args.crop_size, True, d.device))
+        else:
+            student = model(batch["skeleton"].to(d.device, non_blocking=True))
+        teacher_clip = teacher_video = None
+        if "teacher" in batch:
+            with torch.no_grad():
+                t = resnet_blocks(teacher, to_input(batch["teacher"], args.teacher_modality, args.crop_size,
+                                                    False, d.device))
+            teacher_clip = [t[l] for l in layers]
+        if video is not None:
+            index = batch["index"].to(d.device)
+            teacher_video = [f[index] for f in video]
+        loss = granularity_loss(student, teacher_clip, teacher_video, args.granularity, args.loss)
+        return loss, {}
+
+    fit(args, d, out, model, model.parameters(), loader, stage_epochs(args, "transfer"), target_weight_decay(args),
+        batch_loss, model.train, "transfer")
+    if d.main:
+        save_atomic(dict(encoder=encoder_state_dict(unwrap(model).encoder), target=args.target,
+                         teacher_modality=args.teacher_modality, granularity=args.granularity),
+                    os.path.join(out, "student.pt"))
+        d.print(f"student written to {os.path.join(out, 'student.pt')}")
+    d.barrier()
+
+
+# ----- stage 3: finetuning with few labels (Sec 2.4.3) -----
+
+def labeled_data(args, split):
+    """(dataset, labels, names) of the target modality's `split`."""
+    if args.target == "depth":
+        items, names = depth_items(args, split)
+        train = split == "train"
+        return Clips(items, "depth", args.clip_len, args.short_side, train=train), [y for _, y in items], names
+    skeletons = skeleton_split(args, split)
+    return (IndexedSkeletons(skeletons, range(len(skeletons))), list(skeletons.labels),
+            [ntu_key(n) if _is_ntu(n) else n for n in skeletons.sample_names])
+
+
+def _is_ntu(name):
+    try:
+        parse_ntu_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def initial_student(args, num_classes):
+    """The student before finetuning (Table 2.4 rows): --init transfer (our transfer stage's student, or
+    --student-checkpoint), scratch (random), or teacher (simple pretraining: the teacher's weights, its
+    first convolution summed over the input channels to take the 1 depth channel)."""
+    encoder, widths = new_student_encoder(args)
+    what = "depth student (R3D-18, 1 input channel)" if args.target == "depth" else "skeleton student (ST-GCN)"
+    if args.init == "transfer":
+        path = args.student_checkpoint or os.path.join(stage_dir(args, "transfer"), "student.pt")
+        if not os.path.isfile(path):
+            raise SystemExit(f"no transferred student at {path}: run --stage transfer first, pass "
+                             f"--student-checkpoint, or use --init scratch")
+        raw = read_weights(path, "--student-checkpoint")
+        load_encoder(encoder, _encoder_state(raw, path), path, "--student-checkpoint",
+                     1 if args.target == "depth" else 3, what)
+    elif args.init == "teacher":
+        if args.target != "depth":
+            raise SystemExit("--init teacher needs --target depth: the teacher is a 3D-CNN, the skeleton student a GCN")
+        path = teacher_path(args)
+        teacher = build_teacher(args, path)
+        state = encoder_state_dict(teacher)
+        state["stem.0.weight"] = adapt_first_conv(state["stem.0.weight"])
+        load_encoder(encoder, state, path, "--teacher-checkpoint", 1, what)
+    return Classifier(encoder, widths[3], num_classes)
+
+
+def adapt_first_conv(weight):
+    """(64, C, t, h, w) -> (64, 1, t, h, w): the teacher's first convolution summed over its input
+    channels, so that a depth map fed to every channel would give the same response."""
+    return weight.sum(dim=1, keepdim=True)
+
+
+def run_finetune(args, d, seed):
+    out = stage_dir(args, "finetune", seed)
+    dataset, labels, _ = labeled_data(args, "train")
+    rows = per_class_subset(labels, args.per_class, seed, args.label_fraction)
+    num_classes = num_target_classes(labels)
+    subset = torch.utils.data.Subset(dataset, rows.tolist())
+    d.print(f"finetune seed {seed}: {len(rows)} labeled {args.target} examples "
+            f"({args.per_class or 'all'} per class, {num_classes} classes), init {args.init}")
+    seed_everything(seed, d.rank)
+    model = initial_student(args, num_classes)
+    params = freeze_for_finetuning(model, args.target)
+    model = ddp(model, d)
+    loader = make_loader(subset, args, d, train=True)
+
+    def batch_loss(batch):
+        if args.target == "depth":
+            x = to_input(batch["clip"], "depth", args.crop_size, True, d.device)
+        else:
+            x = batch["skeleton"].to(d.device, non_blocking=True)
+        labels = batch["label"].to(d.device)
+        logits = model(x)
+        return F.cross_entropy(logits, labels), dict(top1=(logits.argmax(1) == labels).float().mean().item())
+
+    fit(args, d, out, model, params, loader, stage_epochs(args, "finetune"), target_weight_decay(args), batch_loss,
+        lambda: train_mode(model, args.target), "finetune")
+    if d.main:
+        save_atomic(dict(model=unwrap(model).state_dict(), num_classes=num_classes, seed=seed,
+                         rows=rows.tolist()), os.path.join(out, "model.pt"))
+    d.barrier()
+
+
+# ----- stage 4: video-level evaluation (Sec 2.4.3, Tables 2.1-2.5) -----
+
+@torch.no_grad()
+def predict(args, d, model, dataset, num_classes):
+    """(V, num_classes) class probabilities of every validation video, the same on every process.
+
+    depth: softmax averaged over all clip_len-frame clips of the video (centre view); skeleton: the
+    softmax of the one prediction for the whole sequence."""
+    model.eval()
+    scores = torch.zeros(len(dataset), num_classes, device=d.device)
+    if args.target == "depth":
+        for batch in make_loader(dataset, args, d, train=False):
+            clips = batch["clip"][0]
+            probs = []
+            for chunk in clips.split(args.eval_batch_size):
+                with autocast(d.device, args.amp):
+                    probs.append(model(to_input(chunk, "depth", args.crop_size, False, d.device)).float().softmax(1))
+            scores[batch["index"][0]] = torch.cat(probs).mean(0)
+    else:
+        for batch in make_loader(dataset, args, d, train=False, batch_size=args.eval_batch_size):
+            with autocast(d.device, args.amp):
+                logits = model(batch["skeleton"].to(d.device))
+            scores[batch["index"].to(d.device)] = logits.float().softmax(1)
+    if d.distributed:
+        torch.distributed.all_reduce(scores)
+    return scores.cpu()
+
+
+def run_eval(args, d, seeds):
+    dataset, labels, names = labeled_data(args, "val")
+    labels = torch.tensor(labels)
+    per_seed = []
+    for seed in seeds:
+        path = os.path.join(stage_dir(args, "finetune", seed), "model.pt")
+        if not os.path.isfile(path):
+            raise SystemExit(f"no finetuned model at {path}: run --stage finetune with --seeds {seed}")
+        saved = load_checkpoint(path)
+        encoder, widths = new_student_encoder(args)
+        model = Classifier(encoder, widths[3], saved["num_classes"])
+        model.load_state_dict(saved["model"])
+        scores = predict(args, d, model.to(d.device), dataset, saved["num_classes"])
+        top1 = 100.0 * (scores.argmax(1) == labels).float().mean().item()
+        pred_file = os.path.join(stage_dir(args, "finetune", seed), "predictions.pt")
+        if d.main:
+            save_atomic(dict(names=list(names), labels=labels, scores=scores), pred_file)
+        d.print(f"eval seed {seed}: video-level top-1 {top1:.2f}% on {len(labels)} {args.target} validation videos")
+        per_seed.append(dict(seed=seed, top1=top1, predictions=os.path.relpath(pred_file, args.out_dir)))
+    result = summary(per_seed)
+    result.update(target=args.target, teacher_modality=args.teacher_modality, source=args.source,
+                  granularity=args.granularity, loss=args.loss, match_layers=args.match_layers, init=args.init,
+                  per_class=args.per_class, label_fraction=args.label_fraction, val_videos=len(labels),
+                  protocol=args.protocol, args=vars(args))
+    if d.main:
+        path = os.path.join(args.out_dir, f"results_{run_tag(args)}.json")
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"top-1 {result['top1_mean']:.2f} +- {result['top1_std']:.2f} over seeds {list(seeds)}  -> {path}",
+              flush=True)
+    return result
+
+
+def summary(per_seed):
+    """Mean and standard deviation (numpy's, ddof 0) of the per-seed top-1, as Tables 2.1-2.5 report."""
+    values = np.array([r["top1"] for r in per_seed])
+    return dict(seeds=per_seed, top1_mean=float(values.mean()), top1_std=float(values.std()))
+
+
+# ----- two-stream fusion (Table 2.1) -----
+
+def fuse(paths, out_dir):
+    """Two-stream row of Table 2.1: average the class probabilities of two students (e.g. RGB- and
+    flow-taught) video by video, seed by seed, and report top-1 mean +- std."""
+    results = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f"--fuse {path}: no such results file")
+        with open(path) as f:
+            results.append((os.path.dirname(os.path.abspath(path)), json.load(f)))
+    seeds = [s["seed"] for s in results[0][1]["seeds"]]
+    common = [s for s in seeds if s in {r["seed"] for r in results[1][1]["seeds"]}]
+    if not common:
+        raise SystemExit(f"--fuse: {paths[0]} and {paths[1]} have no seed in common")
+    per_seed = []
+    for seed in common:
+        preds = []
+        for root, res in results:
+            entry = next(r for r in res["seeds"] if r["seed"] == seed)
+            preds.append(load_checkpoint(os.path.join(root, entry["predictions"])))
+        index = {n: i for i, n in enumerate(preds[1]["names"])}
+        rows = [index.get(n) for n in preds[0]["names"]]
+        if any(r is None for r in rows):
+            raise SystemExit("--fuse: the two results were evaluated on different validation videos")
+        scores = (preds[0]["scores"] + preds[1]["scores"][rows]) / 2
+        top1 = 100.0 * (scores.argmax(1) == preds[0]["labels"]).float().mean().item()
+        print(f"fused seed {seed}: top-1 {top1:.2f}%")
+        per_seed.append(dict(seed=seed, top1=top1))
+    result = summary(per_seed)
+    result.update(fused=[os.path.abspath(p) for p in paths])
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "results_fused.json")
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"two-stream top-1 {result['top1_mean']:.2f} +- {result['top1_std']:.2f}  -> {out}", flush=True)
+    return result
+
+
+# ============ arguments ============
+
+# Without data flags the script runs every stage on the small built-in synthetic paired dataset; these
+# CPU-sized values replace the thesis's defaults there unless the flag is given explicitly.
+SYNTHETIC_PRESET = dict(clip_len=8, short_side=36, crop_size=32, batch_size=8, teacher_epochs=8,
+                        transfer_epochs=10, finetune_epochs=15, per_class=3, seeds="0,1", workers=2,
+                        print_freq=10, stgcn_width=0.25, lr=0.01, lr_steps=[0.75])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Feature-supervised action modality transfer (thesis Ch. 2). Defaults are the thesis's "
+                    "(Sec 2.4.3). Without --data-root (or the folder flags) the built-in synthetic paired dataset "
+                    "is used and flags not given take a CPU-sized preset: "
+                    + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_PRESET.items()) + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser)
+    for action in parser._actions:  # the shared flags, as this script reads them
+        if action.dest == "data_root":
+            action.help = ("NTU RGB+D root holding nturgb+d_rgb, nturgb+d_depth_masked, nturgb+d_flow and "
+                           "nturgb+d_skeleton_npy/PROTOCOL; without it (and the folder flags) the built-in "
+                           "synthetic paired dataset is written (once) and used")
+        elif action.dest == "train_list":
+            action.help = "--source kinetics: the Kinetics-400 CSV or a 'path label' list of the teacher's videos"
+        elif action.dest == "epochs":
+            action.help = "epochs of every stage not given by --teacher/transfer/finetune-epochs"
+    g = parser.add_argument_group("pipeline (Sec 2.3, 2.4.3)")
+    g.add_argument("--stage", default="all", choices=["teacher", "transfer", "finetune", "eval", "all"],
+                   help="all: teacher (unless --teacher-checkpoint), transfer, finetune and eval; --init scratch "
+                        "skips teacher and transfer, --init teacher skips transfer")
+    g.add_argument("--target", default="depth", choices=["depth", "skeleton"],
+                   help="student modality: depth maps (R3D-18, Tables 2.1-2.4) or 3D skeletons (ST-GCN, Table 2.5)")
+    g.add_argument("--teacher-modality", default="flow", choices=["rgb", "flow"],
+                   help="teacher input (Table 2.1: flow transfers best and is the thesis's default)")
+    g.add_argument("--teacher-checkpoint", default=None,
+                   help="use this teacher instead of training one: our teacher.pt / checkpoint.pt, or a torchvision "
+                        "r3d_18 state dict (e.g. the Kinetics-400 weights r3d_18-b3b3357e.pth, --teacher-modality rgb)")
+    g.add_argument("--source", default="ntu120_minus_60", choices=["ntu120_minus_60", "kinetics"],
+                   help="teacher training data (Sec 2.4.2): NTU-120 videos of actions 61-120, or Kinetics-400 "
+                        "(--source-root + --train-list)")
+    g.add_argument("--granularity", default="auto",
+                   choices=["auto", "clip2clip", "video2clip", "combined", "video2video"],
+                   help="Sec 2.3.2: clip2clip Eq. 2.1, video2clip Eq. 2.2-2.3, combined Eq. 2.4 (best, Table 2.3), "
+                        "video2video Eq. 2.5 (skeletons). auto: combined for depth, video2video for skeletons")
+    g.add_argument("--loss", default="cosine", choices=["cosine", "mse"], help="Table 2.2: cosine distance works better")
+    g.add_argument("--match-layers", default="last", choices=["last", "all"],
+                   help="Sec 2.5.1.4: match the last layer only, or also every ResNet block's pooled output (depth)")
+    g.add_argument("--teacher-clips", type=int, default=0,
+                   help="clips per video for the teacher's video feature; 0 = frames / clip-len (Eq. 2.3)")
+    g.add_argument("--init", default="transfer", choices=["transfer", "scratch", "teacher"],
+                   help="student before finetuning (Table 2.4): our transfer, random, or the teacher's weights "
+                        "(first convolution summed over the input channels)")
+    g.add_argument("--student-checkpoint", default=None, help="--init transfer from this student.pt "
+                   "(default OUT_DIR/transfer/student.pt)")
+    g.add_argument("--per-class", type=int, default=20,
+                   help="labeled target examples per class for finetuning (Tables 2.1-2.5: 20, 50, 100; 0 = all)")
+    g.add_argument("--label-fraction", type=float, default=1.0,
+                   help="then keep this random fraction of them (Fig. 2.3: --per-class 0 --label-fraction 0.5)")
+    g.add_argument("--seeds", default=None,
+                   help="comma list of seeds: finetune + eval once per seed, mean +- std (the thesis: 5 seeds); "
+                        "default --seed")
+    g.add_argument("--fuse", nargs=2, default=None, metavar=("A.json", "B.json"),
+                   help="fuse two results files' predictions (two-stream row of Table 2.1) and exit")
+    g = parser.add_argument_group("schedule and networks (Sec 2.4.3)")
+    g.add_argument("--teacher-epochs", type=int, default=None, help="default 200 (Hara et al.'s code)")
+    g.add_argument("--transfer-epochs", type=int, default=None, help="default 400 (depth), 120 (skeleton)")
+    g.add_argument("--finetune-epochs", type=int, default=None, help="default 100 (depth), 70 (skeleton)")
+    g.add_argument("--lr-steps", type=float, nargs="*", default=[0.25, 0.5, 0.75],
+                   help="lr x0.1 at these fractions of each stage's epochs (the thesis gives no schedule; Hara et al. "
+                        "divide at epochs 50, 100, 150 of 200)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="student stages; default 1e-3 (depth), 1e-5 (skeleton). The teacher always uses 1e-3")
+    g.add_argument("--eval-batch-size", type=int, default=32, help="clips (or sequences) per forward pass when evaluating")
+    g.add_argument("--short-side", type=int, default=128,
+                   help="frames are cropped to the centre (eval) or a random (train) square of the short side and "
+                        "resized to this on the loader workers; the corner crop to --crop-size follows on the device")
+    g.add_argument("--stgcn-width", type=float, default=1.0, help="channel multiplier of ST-GCN (1 = Yan et al.)")
+    g = parser.add_argument_group("data (NTU RGB+D layout; see the README)")
+    g.add_argument("--rgb-dir", default=None, help="default DATA_ROOT/nturgb+d_rgb")
+    g.add_argument("--depth-dir", default=None, help="default DATA_ROOT/nturgb+d_depth_masked")
+    g.add_argument("--flow-dir", default=None, help="default DATA_ROOT/nturgb+d_flow")
+    g.add_argument("--skeleton-dir", default=None, help="default DATA_ROOT/nturgb+d_skeleton_npy/PROTOCOL")
+    g.add_argument("--source-rgb-dir", default=None, help="NTU-120 RGB videos for the teacher; default --rgb-dir")
+    g.add_argument("--source-flow-dir", default=None,
+                   help="NTU-120 flow folders for the teacher; default --flow-dir (Kinetics: <video stem>/ folders)")
+    g.add_argument("--source-root", default=None, help="Kinetics-400 videos (--source kinetics)")
+    g.add_argument("--protocol", default="xview", choices=["xview", "xsub"], help="NTU split (Sec 2.4.1: cross-view)")
+    parser.set_defaults(epochs=None, batch_size=None, lr=0.1, out_dir="runs/distill_modality")
+    args, _ = parser.parse_known_args(argv)
+    if all(getattr(args, k) is None for k in ("data_root", "rgb_dir", "depth_dir", "flow_dir", "skeleton_dir")) \
+            and not args.fuse:
+        parser.set_defaults(**SYNTHETIC_PRESET)
+    args = parser.parse_args(argv)
+    if args.granularity == "auto":
+        args.granularity = "combined" if args.target == "depth" else "video2video"
+    if (args.target == "skeleton") != (args.granularity == "video2video"):
+        parser.error(f"--granularity {args.granularity} does not fit --target {args.target}: skeleton students "
+                     "take whole sequences (video2video, Sec 2.3.2.3); depth students take clips")
+    if args.match_layers == "all" and args.target != "depth":
+        parser.error("--match-layers all matches ResNet blocks: it needs --target depth")
+    if args.stage == "all" and args.resume not in ("", "auto"):
+        parser.error("--stage all resumes with --resume auto; give a checkpoint path only with a single stage")
+    if not 0 < args.label_fraction <= 1:
+        parser.error("--label-fraction must be in (0, 1]")
+    if args.batch_size is None:
+        args.batch_size = 100 if args.target == "skeleton" else 128  # Sec 2.4.3
+    try:
+        args.seeds = [int(s) for s in str(args.seeds).split(",")] if args.seeds is not None else [args.seed]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds}: expected a comma list of integers")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.fuse:
+        return fuse(args.fuse, args.out_dir)
+    d = Dist(args.device)
+    seed_everything(args.seed, d.rank)
+    os.makedirs(args.out_dir, exist_ok=True)
+    d.print(json.dumps(vars(args)))
+    data_folders(args, d)
+    t0 = time.time()
+    if args.stage == "all":
+        stages = ["finetune", "eval"]
+        if args.init == "transfer":
+            stages = ["transfer"] + stages
+        if args.init in ("transfer", "teacher") and args.teacher_checkpoint is None:
+            stages = ["teacher"] + stages
+    else:
+        stages = [args.stage]
+    result = None
+    for stage in stages:
+        seed_everything(args.seed, d.rank)
+        if stage == "teacher":
+            run_teacher(args, d)
+        elif stage == "transfer":
+            run_transfer(args, d)
+        elif stage == "finetune":
+            for seed in args.seeds:
+                run_finetune(args, d, seed)
+        else:
+            result = run_eval(args, d, args.seeds)
+    d.print(f"done: stages {', '.join(stages)} in {time.time() - t0:.0f} s")
+    d.close()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""distill_modality.py driven the way a user drives it: subprocesses with tiny flags on a small
+synthetic NTU RGB+D (RGB avi, 16-bit masked depth PNGs, flow JPEGs, skeleton .npy/.pkl)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torchvision.models.video import r3d_18
+
+from common.synthetic import synthetic_paired_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny everything: 4-frame clips of 16 x 16, one epoch per stage, 1 label per class.
+TINY = ["--clip-len", "4", "--short-side", "18", "--crop-size", "16", "--batch-size", "4", "--workers", "0",
+        "--teacher-epochs", "1", "--transfer-epochs", "1", "--finetune-epochs", "1", "--per-class", "1",
+        "--seeds", "0", "--eval-batch-size", "8", "--stgcn-width", "0.125", "--print-freq", "1",
+        "--device", "cpu", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paired")
+    syn = synthetic_paired_dataset(root=str(root / "ntu"), target_actions=3, source_actions=2, subjects=2,
+                                   replications=1, num_frames=(10, 12), rgb_size=(24, 32), depth_size=(24, 28))
+    return syn
+
+
+def flags(data):
+    return ["--rgb-dir", data["rgb_dir"], "--depth-dir", data["depth_dir"], "--flow-dir", data["flow_dir"],
+            "--skeleton-dir", data["skeleton_dir"]]
+
+
+# One thread per process: on a loaded 2-core machine two threads per tiny step are several times slower.
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run(args, check=True):
+    proc = subprocess.run([sys.executable, "distill_modality.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=ENV)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_log(path):
+    with open(os.path.join(path, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def teacher(data, tmp_path_factory):
+    """One flow teacher trained by --stage teacher on the source actions (A061, A062), shared by the tests."""
+    out = str(tmp_path_factory.mktemp("teacher"))
+    proc = run([*TINY, *flags(data), "--stage", "teacher", "--teacher-modality", "flow", "--out-dir", out])
+    assert "teacher: 12 source videos (ntu120_minus_60, flow), 2 classes" in proc.stdout
+    assert [r["epoch"] for r in read_log(os.path.join(out, "teacher"))] == [0]
+    saved = torch.load(os.path.join(out, "teacher", "teacher.pt"), weights_only=True)
+    assert saved["modality"] == "flow" and saved["num_classes"] == 2
+    assert saved["encoder"]["stem.0.weight"].shape[1] == 2
+    return os.path.join(out, "teacher", "teacher.pt")
+
+
+def val_videos(data):
+    """Depth folders of camera 1 (the cross-view validation split), counted here from the file names."""
+    return sorted(n for n in os.listdir(data["depth_dir"]) if n[4:8] == "C001")
+
+
+def test_video2clip_transfer_with_mse(data, teacher, tmp_path):
+    out = str(tmp_path / "video2clip")
+    proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-checkpoint", teacher,
+                "--granularity", "video2clip", "--loss", "mse", "--out-dir", out])
+    # 12 training depth folders (cameras 2, 3) of the 3 target actions, all with their flow
+    assert "transfer: 12 unlabeled (flow, depth) pairs, granularity video2clip, mse loss" in proc.stdout
+    log = read_log(os.path.join(out, "transfer"))
+    assert len(log) == 1 and log[0]["loss"] > 0
+    feats = torch.load(os.path.join(out, "transfer", "teacher_features.pt"), weights_only=True)["features"]
+    assert len(feats) == 1 and feats[0].shape == (12, 512)
+    assert feats[0].abs().sum(1).gt(0).all()  # every video got its feature
+    student = torch.load(os.path.join(out, "transfer", "student.pt"), weights_only=True)
+    assert student["encoder"]["stem.0.weight"].shape[1] == 1 and student["granularity"] == "video2clip"
+
+
+def test_depth_pipeline_resume_seeds_and_fuse(data, teacher, tmp_path):
+    out = str(tmp_path / "depth")
+    # combined granularity (the default for depth), every ResNet block matched (Sec 2.5.1.4)
+    transfer = [*TINY, *flags(data), "--stage", "transfer", "--teacher-checkpoint", teacher, "--out-dir", out,
+                "--match-layers", "all"]
+    run(transfer)
+    proc = run([*transfer, "--transfer-epochs", "2", "--resume", "auto"])
+    assert "resumed from" in proc.stdout and "teacher video features from" in proc.stdout
+    assert "granularity combined, cosine loss, layers all" in proc.stdout
+    assert [r["epoch"] for r in read_log(os.path.join(out, "transfer"))] == [0, 1]
+    feats = torch.load(os.path.join(out, "transfer", "teacher_features.pt"), weights_only=True)["features"]
+    assert [f.shape for f in feats] == [(12, 64), (12, 128), (12, 256), (12, 512)]
+
+    run([*TINY, *flags(data), "--stage", "finetune", "--seeds", "0,1", "--out-dir", out])
+    proc = run([*TINY, *flags(data), "--stage", "eval", "--seeds", "0,1", "--out-dir", out])
+    result = json.load(open(os.path.join(out, "results_transfer_k1.json")))
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    assert result["val_videos"] == len(val_videos(data)) == 6
+    values = [s["top1"] for s in result["seeds"]]
+    assert result["top1_mean"] == pytest.approx(sum(values) / 2)
+    assert result["top1_std"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    for s in result["seeds"]:
+        model = torch.load(os.path.join(out, f"finetune_transfer_k1/seed{s['seed']}", "model.pt"), weights_only=True)
+        assert len(model["rows"]) == 3  # 1 labeled example of each of the 3 classes
+        pred = torch.load(os.path.join(out, s["predictions"]), weights_only=True)
+        assert pred["scores"].shape == (6, 3)
+        assert torch.allclose(pred["scores"].sum(1), torch.ones(6), atol=1e-4)  # averaged softmax
+        assert s["top1"] == pytest.approx(100 * (pred["scores"].argmax(1) == pred["labels"]).float().mean().item())
+    # the two samples of seeds 0 and 1 differ
+    rows = [torch.load(os.path.join(out, f"finetune_transfer_k1/seed{s}", "model.pt"), weights_only=True)["rows"]
+            for s in (0, 1)]
+    assert rows[0] != rows[1]
+
+    # baselines of Table 2.4 in the same out-dir, then the two-stream fusion of Table 2.1
+    run([*TINY, *flags(data), "--init", "scratch", "--out-dir", out])
+    proc = run([*TINY, *flags(data), "--init", "teacher", "--teacher-checkpoint", teacher, "--out-dir", out])
+    assert "stages finetune, eval" in proc.stdout
+    a, b = os.path.join(out, "results_transfer_k1.json"), os.path.join(out, "results_scratch_k1.json")
+    proc = run(["--fuse", a, b, "--out-dir", str(tmp_path / "fused")])
+    fused = json.load(open(tmp_path / "fused" / "results_fused.json"))
+    pa = torch.load(os.path.join(out, "finetune_transfer_k1/seed0/predictions.pt"), weights_only=True)
+    pb = torch.load(os.path.join(out, "finetune_scratch_k1/seed0/predictions.pt"), weights_only=True)
+    assert pa["names"] == pb["names"]
+    expected = 100 * ((pa["scores"] + pb["scores"]).argmax(1) == pa["labels"]).float().mean().item()
+    assert [s["seed"] for s in fused["seeds"]] == [0]
+    assert fused["seeds"][0]["top1"] == pytest.approx(expected)
+
+
+def test_skeleton_student_video2video(data, teacher, tmp_path):
+    out = str(tmp_path / "skeleton")
+    proc = run([*TINY, *flags(data), "--target", "skeleton", "--teacher-checkpoint", teacher, "--out-dir", out])
+    assert "granularity video2video" in proc.stdout
+    assert "transfer: 12 unlabeled (flow, skeleton) pairs" in proc.stdout
+    result = json.load(open(os.path.join(out, "results_transfer_k1.json")))
+    assert result["target"] == "skeleton" and result["val_videos"] == 6
+    assert 0 <= result["top1_mean"] <= 100
+
+
+def test_rgb_teacher_from_a_torchvision_state_dict(data, tmp_path):
+    path = str(tmp_path / "r3d_18_kinetics.pth")
+    torch.save(r3d_18().state_dict(), path)  # the layout of torchvision's Kinetics-400 weights
+    out = str(tmp_path / "rgb")
+    proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-modality", "rgb", "--granularity",
+                "clip2clip", "--teacher-checkpoint", path, "--out-dir", out])
+    assert "transfer: 12 unlabeled (rgb, depth) pairs" in proc.stdout
+    # the same 3-channel file as a flow teacher: a message naming the flag and the file
+    proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-modality", "flow",
+                "--teacher-checkpoint", path, "--out-dir", out], check=False)
+    assert proc.returncode != 0
+    assert f"--teacher-checkpoint {path}: its first convolution takes 3 input channel(s)" in proc.stderr
+
+
+def test_torchrun_two_processes(data, teacher, tmp_path):
+    out = str(tmp_path / "ddp")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29521",
+         "distill_modality.py", *TINY, *flags(data), "--batch-size", "2", "--per-class", "2",
+         "--teacher-checkpoint", teacher, "--granularity", "combined", "--out-dir", out],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(read_log(os.path.join(out, "transfer"))) == 1  # only rank 0 writes
+    feats = torch.load(os.path.join(out, "transfer", "teacher_features.pt"), weights_only=True)["features"][0]
+    assert feats.abs().sum(1).gt(0).all()  # both processes' halves were gathered
+    result = json.load(open(os.path.join(out, "results_transfer_k2.json")))
+    assert result["val_videos"] == 6
+    pred = torch.load(os.path.join(out, result["seeds"][0]["predictions"]), weights_only=True)
+    assert torch.allclose(pred["scores"].sum(1), torch.ones(6), atol=1e-4)  # every video scored once
