@@ -231,7 +231,7 @@ def _write_once(root, config, classes, write):
 SKELETON_ACTIONS = ("raise_left_arm", "raise_right_arm", "wave", "kick", "squat", "bow", "jump",
                     "approach", "clap", "handshake")
 TWO_PERSON_ACTIONS = ("approach", "handshake")
-SKELETON_FORMAT_VERSION = 1
+SKELETON_FORMAT_VERSION = 2  # 2: sequences normalised as prepare_ntu writes them
 SKELETON_NOISE = 0.01  # metres, Gaussian per coordinate
 
 # 0-based joint (NTU number - 1): (parent, rest offset from the parent in the body frame).
@@ -459,13 +459,15 @@ def render_skeleton_action(action, rng, num_frames, noise=SKELETON_NOISE):
 
 def _skeleton_sample(action, rng, frames):
     """(float32 (3, 300, 25, 2) zero-padded sample, number of valid frames): a random duration in
-    [frames[0], frames[1]], then up to 10% cut from either end."""
-    from common.skeleton import MAX_FRAMES
+    [frames[0], frames[1]], then up to 10% cut from either end, then normalised as prepare_ntu
+    normalises the real files (2s-AGCN: centred on the middle of the spine every frame, spine
+    along z, shoulders along x), so models see the coordinates they would see on NTU."""
+    from common.skeleton import MAX_FRAMES, normalize_skeleton
 
     length = int(rng.integers(frames[0], frames[1] + 1))
     sample = render_skeleton_action(action, rng, length)
     cut_start, cut_end = (int(c) for c in rng.integers(0, length // 10 + 1, 2))
-    sample = sample[:, cut_start:length - cut_end]
+    sample = normalize_skeleton(sample[:, cut_start:length - cut_end])
     padded = np.zeros((3, MAX_FRAMES) + sample.shape[2:], np.float32)
     padded[:, :sample.shape[1]] = sample
     return padded, sample.shape[1]
@@ -480,7 +482,8 @@ def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per
     (sample_names, labels) and '{split}_num_frame.npy', as written by prepare_ntu. Samples are
     class-major; classes = SKELETON_ACTIONS[:num_classes] (the default 8 include one two-person
     action, 'approach'). Each sample lasts a random number of frames in [frames[0], frames[1]]
-    before up to 10% is cut from either end; the rest of the 300 frames are zeros.
+    before up to 10% is cut from either end; it is normalised as prepare_ntu does (normalize_skeleton)
+    and the rest of the 300 frames are zeros (as prepare_ntu with the num_frame file).
     root default: $VEF_CACHE (else ~/.cache/video_efficient)/synthetic_skeletons_<parameter hash>;
     caching and atomic writing as synthetic_video_dataset.
     """

@@ -46,7 +46,7 @@ def test_num_frame_matches_nonzero_frames(splits):
         for i in range(len(data)):
             sample, _, n = data[i]
             assert n == count_valid_frames(sample)
-            assert sample[:, :n, :, 0].all() and not sample[:, n:].any()  # padding after the end
+            assert sample[:, :n, :, 0].any(axis=(0, 2)).all() and not sample[:, n:].any()  # padding after the end
             lengths.append(n)
     # durations vary (speed), within frames=(40, 120) less up to 10% cut at either end
     assert min(lengths) >= 40 - 2 * 4 and max(lengths) <= 120 and np.ptp(lengths) > 40
@@ -116,15 +116,18 @@ def test_bad_arguments(tmp_path):
 
 
 def test_wrist_height_separates_raising_left_and_right_arm(dataset, splits):
-    """Camera y is up whatever the viewpoint: the raised wrist sweeps a large height range."""
+    """The files are normalised (z up the spine), whatever the viewpoint: the raised wrist sweeps a
+    large height range, the other stays low; the raised one is the subject's left (x < 0) or right."""
     left, right = (dataset["classes"].index(a) for a in ("raise_left_arm", "raise_right_arm"))
     for data in splits.values():
         for i in range(len(data)):
             sample, label, n = data[i]
             if label in (left, right):
-                ranges = np.ptp(sample[1, :n, [LEFT_WRIST, RIGHT_WRIST], 0], axis=1)
+                ranges = np.ptp(sample[2, :n, [LEFT_WRIST, RIGHT_WRIST], 0], axis=1)
                 raised, other = ranges if label == left else ranges[::-1]
                 assert raised > 0.5 and other < 0.25, (label, ranges)
+                # normalize_skeleton puts the right shoulder at +x: the left wrist is at x < 0
+                assert sample[0, :n, LEFT_WRIST, 0].mean() < 0 < sample[0, :n, RIGHT_WRIST, 0].mean()
 
 
 def motion_features(data):
