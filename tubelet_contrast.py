@@ -21,7 +21,6 @@ backbone.pt (the query backbone in torchvision keys: finetune it with severe_eva
 --save-examples, examples.png.
 """
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -36,7 +35,8 @@ from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, resume_training, save_atomic, seed_everything, unwrap)
+                           grad_scaler, resume_training, reuse_freed_cpu_memory, save_atomic, seed_everything,
+                           unwrap)
 from common.moco import MoCo, check_queue_size
 from common.synthetic import synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
@@ -469,29 +469,6 @@ def apply_color(x, matrix, offset, normalize=True):
     for c in range(3):  # [0, 1] before normalisation
         out[:, c].clamp_(-mean[c] / std[c], (1 - mean[c]) / std[c])
     return out.view_as(x)
-
-
-_CPU_MEMORY_KEPT = []
-
-
-def reuse_freed_cpu_memory():
-    """Asks glibc to keep freed memory for reuse instead of returning every large block to the OS.
-
-    glibc maps each allocation above 32 MiB afresh and unmaps it when freed, so a CPU batch pays for its page
-    faults again on every call; on virtual machines a fault costs microseconds and make_views with batch 32
-    ran 2x slower for it. Process-wide and idempotent; main calls it when training on the CPU. Returns
-    whether it took effect (False without glibc).
-    """
-    if _CPU_MEMORY_KEPT:
-        return _CPU_MEMORY_KEPT[0]
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocate up to 1 GiB from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
-        _CPU_MEMORY_KEPT.append(True)
-    except (OSError, AttributeError):
-        _CPU_MEMORY_KEPT.append(False)
-    return _CPU_MEMORY_KEPT[0]
 
 
 @torch.no_grad()
