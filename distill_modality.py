@@ -333,19 +333,22 @@ def normalise(clips, modality):
     return x.clamp(0, DEPTH_MAX_MM) / DEPTH_MAX_MM
 
 
-def multiscale_corner_crop(x, size, modality, generator=None):
+def multiscale_corner_crop(x, size, modality, generator=None, min_scale=0.5, flip=True):
     """x (B, C, T, S, S) -> (B, C, T, size, size): random corner crop, resize and horizontal flip.
 
-    A flipped flow clip also negates its x component (motion to the right becomes motion to the left).
+    Crop sides are the CORNER_SCALES >= min_scale of the frame (--min-crop-scale); flip=False
+    (--no-flip) keeps the orientation. A flipped flow clip also negates its x component (motion to the
+    right becomes motion to the left).
     """
     B, C, T, S, _ = x.shape
     dev = x.device
-    scale = torch.tensor(CORNER_SCALES, device=dev)[torch.randint(len(CORNER_SCALES), (B,), device=dev)]
+    scales = torch.tensor([c for c in CORNER_SCALES if c >= min_scale - 1e-9], device=dev)
+    scale = scales[torch.randint(len(scales), (B,), device=dev)]
     corner = torch.randint(5, (B,), device=dev)  # 0 centre, 1 top-left, 2 top-right, 3 bottom-left, 4 bottom-right
     off = 1 - scale  # crop centre offset, in [-1, 1] grid coordinates, that puts the crop into a corner
     cx = torch.where((corner == 1) | (corner == 3), -off, torch.where(corner == 0, 0 * off, off))
     cy = torch.where((corner == 1) | (corner == 2), -off, torch.where(corner == 0, 0 * off, off))
-    flip = torch.rand(B, device=dev) < 0.5
+    flip = (torch.rand(B, device=dev) < 0.5) & flip
     sign = 1 - 2 * flip.float()
     zero = torch.zeros_like(scale)
     theta = torch.stack([torch.stack([scale * sign, zero, cx], -1), torch.stack([zero, scale, cy], -1)], 1)
@@ -367,10 +370,14 @@ def centre_view(x, size, modality):
                          align_corners=None if mode == "nearest" else False).view(B, C, T, size, size)
 
 
-def to_input(clips, modality, size, train, device):
-    """uint8 / int32 clips (B, T, S, S, C) on the CPU -> normalised float (B, C, T, size, size) on `device`."""
+def to_input(clips, modality, size, train, device, args=None):
+    """uint8 / int32 clips (B, T, S, S, C) on the CPU -> normalised float (B, C, T, size, size) on `device`;
+    train: the corner crop and flip of --min-crop-scale / --no-flip (args), else the centre view."""
     x = normalise(clips.to(device, non_blocking=True), modality)
-    return multiscale_corner_crop(x, size, modality) if train else centre_view(x, size, modality)
+    if not train:
+        return centre_view(x, size, modality)
+    return multiscale_corner_crop(x, size, modality, min_scale=getattr(args, "min_crop_scale", 0.5),
+                                  flip=not getattr(args, "no_flip", False))
 
 
 # ============ networks (Sec 2.3.1, 2.4.3) ============
@@ -774,7 +781,7 @@ def run_teacher(args, d):
     model = ddp(Classifier(encoder, width, num_classes), d)
 
     def batch_loss(batch):
-        x = to_input(batch["clip"], args.teacher_modality, args.crop_size, True, d.device)
+        x = to_input(batch["clip"], args.teacher_modality, args.crop_size, True, d.device, args)
         labels = batch["label"].to(d.device)
         logits = model(x)
         return F.cross_entropy(logits, labels), dict(top1=(logits.argmax(1) == labels).float().mean().item())
@@ -876,7 +883,7 @@ def run_transfer(args, d):
 
     def batch_loss(batch):
         if args.target == "depth":
-            student = model(to_input(batch["student"], "depth", args.crop_size, True, d.device))
+            student = model(to_input(batch["student"], "depth", args.crop_size, True, d.device, args))
         else:
             student = model(batch["skeleton"].to(d.device, non_blocking=True))
         teacher_clip = teacher_video = None
@@ -969,7 +976,7 @@ def run_finetune(args, d, seed):
 
     def batch_loss(batch):
         if args.target == "depth":
-            x = to_input(batch["clip"], "depth", args.crop_size, True, d.device)
+            x = to_input(batch["clip"], "depth", args.crop_size, True, d.device, args)
         else:
             x = batch["skeleton"].to(d.device, non_blocking=True)
         labels = batch["label"].to(d.device)
@@ -1167,6 +1174,12 @@ def parse_args(argv=None):
                    help="frames are cropped to the centre (eval) or a random (train) square of the short side and "
                         "resized to this on the loader workers; the corner crop to --crop-size follows on the device")
     g.add_argument("--stgcn-width", type=float, default=1.0, help="channel multiplier of ST-GCN (1 = Yan et al.)")
+    g.add_argument("--min-crop-scale", type=float, default=0.5,
+                   help="training crops: corner crops of side 1, 2^-1/4, ..., down to this fraction of the frame "
+                        "(Hara et al.: 0.5); 1 = the whole frame")
+    g.add_argument("--no-flip", action="store_true",
+                   help="no horizontal flip in training (Hara et al. flip; the synthetic actions include left- and "
+                        "right-arm raises, which a flip swaps)")
     g = parser.add_argument_group("data (NTU RGB+D layout; see the README)")
     g.add_argument("--rgb-dir", default=None, help="default DATA_ROOT/nturgb+d_rgb")
     g.add_argument("--depth-dir", default=None, help="default DATA_ROOT/nturgb+d_depth_masked")

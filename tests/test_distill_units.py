@@ -226,3 +226,19 @@ def test_clear_errors_for_missing_inputs(tmp_path):
         dm.depth_items(args, "train")
     with pytest.raises(SystemExit):  # skeleton students take whole sequences: video2video only
         dm.parse_args(["--target", "skeleton", "--granularity", "combined", "--depth-dir", "x"])
+
+
+def test_corner_crop_whole_frame_without_flip_is_a_plain_resize():
+    """--min-crop-scale 1 --no-flip: every training crop is the whole frame, resized."""
+    x = torch.randn(8, 2, 4, 36, 36)
+    out = dm.multiscale_corner_crop(x, 32, "flow", min_scale=1.0, flip=False)
+    expected = F.interpolate(x.reshape(8, 8, 36, 36), size=(32, 32), mode="bilinear",
+                             align_corners=False).view(8, 2, 4, 32, 32)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # with flips, a flow clip is either that resize or its mirror image with the x motion negated
+    torch.manual_seed(0)
+    flipped = dm.multiscale_corner_crop(x, 32, "flow", min_scale=1.0, flip=True)
+    mirror = torch.cat([-expected[:, :1], expected[:, 1:]], 1).flip(-1)
+    plain = [torch.allclose(f, e, atol=1e-5) for f, e in zip(flipped, expected)]
+    mirrored = [torch.allclose(f, m, atol=1e-5) for f, m in zip(flipped, mirror)]
+    assert all(p or m for p, m in zip(plain, mirrored)) and any(plain) and any(mirrored)
