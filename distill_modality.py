@@ -1100,10 +1100,13 @@ def fuse(paths, out_dir):
 # ============ arguments ============
 
 # Without data flags the script runs every stage on the small built-in synthetic paired dataset; these
-# CPU-sized values replace the thesis's defaults there unless the flag is given explicitly.
+# CPU-sized values replace the thesis's defaults there unless the flag is given explicitly. Training crops
+# are the whole frame without flips: Hara et al.'s corner crops miss the small centred synthetic actor and
+# flips swap its left- and right-arm actions (the teacher then does not learn the source actions).
 SYNTHETIC_PRESET = dict(clip_len=8, short_side=36, crop_size=32, batch_size=8, teacher_epochs=8,
                         transfer_epochs=10, finetune_epochs=15, per_class=3, seeds="0,1", workers=2,
-                        print_freq=10, stgcn_width=0.25, lr=0.01, lr_steps=[0.75])
+                        print_freq=10, stgcn_width=0.25, lr=0.01, lr_steps=[0.75], min_crop_scale=1.0,
+                        no_flip=True)
 
 
 def parse_args(argv=None):
