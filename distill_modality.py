@@ -40,9 +40,8 @@ from torch import nn
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, load_checkpoint, resume_training, save_atomic, seed_everything,
-                           unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+                           load_checkpoint, resume_training, save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import clip_indices, count_frames, read_clip, read_samples
 
@@ -734,12 +733,7 @@ def fit(args, d, out_dir, model, params, loader, epochs, weight_decay, batch_los
         scheduler.step()
         record = dict(stage=tag, epoch=epoch, **{k: d.all_reduce_mean(v / len(loader)) for k, v in sums.items()},
                       lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 1))
-        if d.main:
-            append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
-            print(json.dumps(record), flush=True)
-            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
-                             args=vars(args)), os.path.join(out_dir, "checkpoint.pt"))
+        save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
         d.barrier()
 
 

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, resume_training, save_atomic, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+                           resume_training, save_epoch, seed_everything, unwrap)
 from common.synthetic import synthetic_video_dataset, write_mp4
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, frame_rate,
                           read_clip, read_video_list)
@@ -1589,12 +1589,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
         record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)), lr=optimizer.param_groups[0]["lr"])
         scheduler.step()
-        if d.main:
-            append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
-            print(json.dumps(record), flush=True)
-            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
-                             args=vars(args)), os.path.join(out_dir, "checkpoint.pt"))
+        save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
         d.barrier()
 
     result = evaluate_counting(model, test, args, d)  # the last epoch (the original picked the best val epoch)
@@ -1818,12 +1813,7 @@ def run_setup(args, d, setup_name):
         if args.select_on_test:
             record["test"] = evaluate(model, test_loader, d, args, setup)["value"]
             best = max(best or record["test"], record["test"])
-        if d.main:
-            append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
-            print(json.dumps(record), flush=True)
-            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
-                             best=best, args=vars(args)), os.path.join(out_dir, "checkpoint.pt"))
+        save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args, best=best)
         d.barrier()
 
     result = evaluate(model, test_loader, d, args, setup)  # model selection: the last epoch

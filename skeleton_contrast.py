@@ -41,9 +41,9 @@ from torch import nn
 from torchvision.io import write_png
 
 from common.backbones import AGCN, NTU_EDGES
-from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, load_checkpoint, resume_training, reuse_freed_cpu_memory, save_atomic,
-                           seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+                           load_checkpoint, resume_training, reuse_freed_cpu_memory, save_epoch,
+                           seed_everything)
 from common.moco import batch_shuffle, batch_unshuffle, check_queue_size, concat_all_gather
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
@@ -986,13 +986,7 @@ def pretrain(args, d):
         record = dict(epoch=epoch, **{k: d.all_reduce_mean(v / len(loader)) for k, v in sums.items()},
                       lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t_epoch, 1))
         scheduler.step()
-        if d.main:
-            append_jsonl(os.path.join(args.out_dir, "log.jsonl"), record)
-            print(json.dumps(record), flush=True)
-            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                             epoch=epoch, args=vars(args)),
-                        os.path.join(args.out_dir, "checkpoint.pt"))
+        save_epoch(d, args.out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
         d.barrier()
 
 

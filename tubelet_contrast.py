@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_finite,
-                           grad_scaler, resume_training, reuse_freed_cpu_memory, save_atomic, seed_everything,
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+                           resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch, seed_everything,
                            unwrap)
 from common.moco import MoCo, check_queue_size
 from common.synthetic import synthetic_video_dataset
@@ -816,13 +816,8 @@ def main(argv=None):
                       pos_top1=d.all_reduce_mean(acc_sum / len(loader)),
                       lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t_epoch, 1),
                       bad_videos=videos.counter.failures)
+        save_epoch(d, args.out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
         if d.main:
-            append_jsonl(os.path.join(args.out_dir, "log.jsonl"), record)
-            print(json.dumps(record), flush=True)
-            save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                             epoch=epoch, args=vars(args)),
-                        os.path.join(args.out_dir, "checkpoint.pt"))
             # the query backbone alone, torchvision keys: what downstream finetuning loads
             save_atomic(encoder_state_dict(unwrap(model).encoder_q.backbone),
                         os.path.join(args.out_dir, "backbone.pt"))

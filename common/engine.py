@@ -204,6 +204,19 @@ def resume_training(resume, out_dir, d, model, optimizer, scheduler, scaler):
     return ckpt
 
 
+def save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args, **extra):
+    """End of an epoch, on the main process only: appends `record` to OUT_DIR/log.jsonl, prints it,
+    and atomically writes OUT_DIR/checkpoint.pt, the file `resume_training` reads (extra entries,
+    e.g. best=..., go into the checkpoint too). The caller synchronises processes afterwards."""
+    if not d.main:
+        return
+    append_jsonl(os.path.join(out_dir, "log.jsonl"), record)
+    print(json.dumps(record), flush=True)
+    save_atomic(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                     args=vars(args), **extra), os.path.join(out_dir, "checkpoint.pt"))
+
+
 # ============ logs ============
 
 def append_jsonl(path, record):
