@@ -242,3 +242,30 @@ def test_corner_crop_whole_frame_without_flip_is_a_plain_resize():
     plain = [torch.allclose(f, e, atol=1e-5) for f, e in zip(flipped, expected)]
     mirrored = [torch.allclose(f, m, atol=1e-5) for f, m in zip(flipped, mirror)]
     assert all(p or m for p, m in zip(plain, mirrored)) and any(plain) and any(mirrored)
+
+
+def test_skeleton_frames_keeps_the_first_frames_and_refuses_to_cut_a_sequence(tmp_path):
+    from common.skeleton import _write_split
+    rng = np.random.default_rng(0)
+    lengths = [5, 9, 7]
+    samples = []
+    for n in lengths:  # (3, 300, 25, 2) zero-padded after n frames
+        x = np.zeros((3, 300, 25, 2), np.float32)
+        x[:, :n] = rng.normal(size=(3, n, 25, 2))
+        samples.append((x, n))
+    names = ["S001C002P001R001A001", "S001C002P002R001A002", "S001C003P001R001A003"]
+    _write_split(str(tmp_path), "train", names, [0, 1, 2], iter(samples), 300)
+
+    args = argparse.Namespace(skeleton_dir=str(tmp_path), skeleton_frames=12)
+    dataset, labels, keys = dm.labeled_data(argparse.Namespace(target="skeleton", **vars(args)), "train")
+    assert labels == [0, 1, 2] and keys == names
+    item = dataset[1]
+    assert item["skeleton"].shape == (3, 12, 25, 2)
+    assert torch.equal(item["skeleton"], torch.from_numpy(samples[1][0][:, :12]))  # nothing of the 9 lost
+
+    with pytest.raises(SystemExit) as err:  # 8 < 9 frames of the longest sequence
+        dm.skeleton_split(argparse.Namespace(skeleton_dir=str(tmp_path), skeleton_frames=8), "train")
+    assert "--skeleton-frames 8" in str(err.value) and "up to 9 frames" in str(err.value)
+    full = dm.labeled_data(argparse.Namespace(target="skeleton", skeleton_dir=str(tmp_path), skeleton_frames=300),
+                           "train")[0]
+    assert full[0]["skeleton"].shape == (3, 300, 25, 2)
