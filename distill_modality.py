@@ -40,8 +40,8 @@ from torch import nn
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
-                           load_checkpoint, resume_training, save_atomic, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, load_checkpoint,
+                           optimizer_step, resume_training, save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import clip_indices, count_frames, read_clip, read_samples
 
@@ -731,12 +731,7 @@ def fit(args, d, out_dir, model, params, loader, epochs, weight_decay, batch_los
         for it, batch in enumerate(loader):
             with autocast(d.device, args.amp):
                 loss, extra = batch_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss = loss.item()
-            check_finite(loss, epoch, it)
+            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
             for k, v in dict(loss=loss, **extra).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])

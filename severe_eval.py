@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, optimizer_step,
                            resume_training, save_epoch, seed_everything, unwrap)
 from common.synthetic import synthetic_video_dataset, write_mp4
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, frame_rate,
@@ -1657,18 +1657,6 @@ def schedule(args, setup):
     given = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                  milestones=None if args.milestones is None else tuple(args.milestones))
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-
-
-def optimizer_step(loss, optimizer, scaler, epoch, it):
-    """Backward pass and parameter update (loss scaling for fp16 AMP); stops on a non-finite loss.
-    Returns the loss as a float for logging."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    loss = loss.item()
-    check_finite(loss, epoch, it)
-    return loss
 
 
 def lr_factor(sched, epoch):

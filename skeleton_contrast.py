@@ -42,7 +42,7 @@ from torchvision.io import write_png
 
 from common.backbones import AGCN, NTU_EDGES
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
-                           load_checkpoint, resume_training, reuse_freed_cpu_memory, save_epoch,
+                           load_checkpoint, optimizer_step, resume_training, reuse_freed_cpu_memory, save_epoch,
                            seed_everything)
 from common.moco import batch_shuffle, batch_unshuffle, check_queue_size, concat_all_gather
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
@@ -1092,12 +1092,8 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
             x = downstream_crop(x.to(d.device, non_blocking=True), num_frames.to(d.device), args, train=True)
             with mixed_precision(d.device, args.amp):
                 loss = F.cross_entropy(ddp(x), y.to(d.device))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            check_finite(loss.item(), epoch, it)
-            progress.step(epoch, it, loss.item(), optimizer.param_groups[0]["lr"])
+            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
+            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
         scheduler.step()
     return evaluate(model, val_loader, args, d)
 

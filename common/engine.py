@@ -161,6 +161,18 @@ def check_finite(loss, epoch, it):
             f"try without --amp, or check the input data.")
 
 
+def optimizer_step(loss, optimizer, scaler, epoch, it):
+    """Backward pass and parameter update (loss scaling for fp16 AMP); stops on a non-finite loss.
+    Returns the loss as a float for logging."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    loss = loss.item()
+    check_finite(loss, epoch, it)
+    return loss
+
+
 # ============ checkpoints ============
 
 def save_atomic(obj, path):
