@@ -269,3 +269,13 @@ def test_skeleton_frames_keeps_the_first_frames_and_refuses_to_cut_a_sequence(tm
     full = dm.labeled_data(argparse.Namespace(target="skeleton", skeleton_dir=str(tmp_path), skeleton_frames=300),
                            "train")[0]
     assert full[0]["skeleton"].shape == (3, 300, 25, 2)
+
+
+def test_synthetic_preset_transfer_epochs_depend_on_the_student_and_yield_to_flags():
+    assert dm.parse_args([]).transfer_epochs == dm.SYNTHETIC_TRANSFER_EPOCHS["depth"]
+    assert dm.parse_args(["--target", "skeleton"]).transfer_epochs == dm.SYNTHETIC_TRANSFER_EPOCHS["skeleton"]
+    assert dm.parse_args(["--target", "skeleton", "--transfer-epochs", "3"]).transfer_epochs == 3
+    args = dm.parse_args(["--epochs", "2"])  # --epochs fills every stage without its own flag
+    assert args.transfer_epochs is None and dm.stage_epochs(args, "transfer") == 2
+    real = dm.parse_args(["--data-root", "data/ntu", "--target", "skeleton"])  # no preset on real data
+    assert real.transfer_epochs is None and dm.stage_epochs(real, "transfer") == 120
