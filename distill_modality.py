@@ -1120,7 +1120,8 @@ def parse_args(argv=None):
                     "(Sec 2.4.3). Without --data-root (or the folder flags) the built-in synthetic paired dataset "
                     "is used and flags not given take a CPU-sized preset: "
                     + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_PRESET.items())
-                    + ", --transfer-epochs " + " / ".join(f"{v} ({k})" for k, v in SYNTHETIC_TRANSFER_EPOCHS.items()) + ".",
+                    + ", --transfer-epochs "
+                    + " / ".join(f"{v} ({k})" for k, v in SYNTHETIC_TRANSFER_EPOCHS.items()) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser)
     for action in parser._actions:  # the shared flags, as this script reads them

@@ -256,8 +256,8 @@ def test_skeleton_frames_keeps_the_first_frames_and_refuses_to_cut_a_sequence(tm
     names = ["S001C002P001R001A001", "S001C002P002R001A002", "S001C003P001R001A003"]
     _write_split(str(tmp_path), "train", names, [0, 1, 2], iter(samples), 300)
 
-    args = argparse.Namespace(skeleton_dir=str(tmp_path), skeleton_frames=12)
-    dataset, labels, keys = dm.labeled_data(argparse.Namespace(target="skeleton", **vars(args)), "train")
+    args = argparse.Namespace(target="skeleton", skeleton_dir=str(tmp_path), skeleton_frames=12)
+    dataset, labels, keys = dm.labeled_data(args, "train")
     assert labels == [0, 1, 2] and keys == names
     item = dataset[1]
     assert item["skeleton"].shape == (3, 12, 25, 2)
