@@ -279,3 +279,36 @@ def test_synthetic_preset_transfer_epochs_depend_on_the_student_and_yield_to_fla
     assert args.transfer_epochs is None and dm.stage_epochs(args, "transfer") == 2
     real = dm.parse_args(["--data-root", "data/ntu", "--target", "skeleton"])  # no preset on real data
     assert real.transfer_epochs is None and dm.stage_epochs(real, "transfer") == 120
+
+
+def test_depth_crop_actors_reads_the_square_around_the_clips_actors(tmp_path):
+    """--depth-crop actors: the box of the nonzero pixels over the clip's frames, +10%, made square and
+    kept inside the frame; the whole frame without actors; the thesis's full frame by default."""
+    frames = np.zeros((4, 60, 80), np.uint16)
+    frames[0, 10:30, 40:44] = 3000  # the actor moves right and down over the clip: rows 10..34, cols 40..51
+    frames[1, 15:35, 48:52] = 3100
+    frames[3, 0:60, 0:2] = 2000  # a frame outside the clip read below
+    folder = tmp_path / "S001C002P001R001A001"
+    folder.mkdir()
+    for t, image in enumerate(frames):
+        write_png16(str(folder / f"MDepth-{t + 1:08d}.png"), image)
+
+    clip = dm.Modality("depth", actor_crop=True).read(str(folder), [0, 1, 2], 28, 0.5)[..., 0]
+    side = int(24 * (1 + dm.ACTOR_MARGIN)) + 2  # rows 10..34 span 24, the longer side of the box
+    assert side == 28 and clip.shape == (3, 28, 28)  # the square's side is the short side: no resize
+    top, left = int((10 + 34) / 2 - side / 2), int((40 + 51) / 2 - side / 2)
+    np.testing.assert_array_equal(clip.numpy(), frames[:3, top:top + side, left:left + side].astype(np.int32))
+    assert (clip > 0).sum() == (frames[:3] > 0).sum()  # every actor pixel of the clip is inside
+
+    # an actor spanning the frame's height: the square is the frame's short side, moved inside it
+    edge = dm.Modality("depth", actor_crop=True).read(str(folder), [3], 60, 0.5)[0, ..., 0]
+    np.testing.assert_array_equal(edge.numpy(), frames[3, :, :60].astype(np.int32))
+    # no actor in the clip: the frame's centre square; actor_crop off: the frame's centre square too
+    empty = dm.Modality("depth", actor_crop=True).read(str(folder), [2], 60, 0.5)
+    assert empty.shape == (1, 60, 60, 1) and not empty.any()
+    whole = dm.Modality("depth").read(str(folder), [0], 60, 0.5)[0, ..., 0]
+    np.testing.assert_array_equal(whole.numpy(), frames[0, :, 10:70].astype(np.int32))
+    with pytest.raises(ValueError, match="masked depth"):
+        dm.Modality("flow", actor_crop=True)
+    assert dm.parse_args([]).depth_crop == "actors"  # the synthetic preset
+    assert dm.parse_args(["--data-root", "data/ntu"]).depth_crop == "frame"  # the thesis's default
