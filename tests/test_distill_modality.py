@@ -70,7 +70,7 @@ def val_videos(data):
 def test_video2clip_transfer_with_mse(data, teacher, tmp_path):
     out = str(tmp_path / "video2clip")
     proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-checkpoint", teacher,
-                "--granularity", "video2clip", "--loss", "mse", "--out-dir", out])
+                "--granularity", "video2clip", "--loss", "mse", "--depth-crop", "actors", "--out-dir", out])
     # 12 training depth folders (cameras 2, 3) of the 3 target actions, all with their flow
     assert "transfer: 12 unlabeled (flow, depth) pairs, granularity video2clip, mse loss" in proc.stdout
     log = read_log(os.path.join(out, "transfer"))
@@ -116,7 +116,7 @@ def test_depth_pipeline_resume_seeds_and_fuse(data, teacher, tmp_path):
     assert rows[0] != rows[1]
 
     # baselines of Table 2.4 in the same out-dir, then the two-stream fusion of Table 2.1
-    run([*TINY, *flags(data), "--init", "scratch", "--out-dir", out])
+    run([*TINY, *flags(data), "--init", "scratch", "--depth-crop", "actors", "--out-dir", out])
     proc = run([*TINY, *flags(data), "--init", "teacher", "--teacher-checkpoint", teacher, "--out-dir", out])
     assert "stages finetune, eval" in proc.stdout
     a, b = os.path.join(out, "results_transfer_k1.json"), os.path.join(out, "results_scratch_k1.json")
