@@ -10,7 +10,7 @@ and evaluated video-level (Sec 2.4.3, Tables 2.1-2.5, Fig. 2.3). One script, fou
     finetune  --per-class K labeled target examples per class, drawn by --seed (each of --seeds)
     eval      video-level top-1 on the validation split; mean +- std over --seeds
 
-    # CPU run of every stage on the built-in synthetic paired dataset (a few minutes)
+    # CPU run of every stage on the built-in synthetic paired dataset (about 12 min on 2 CPU cores)
     python distill_modality.py
     # Table 2.3 "Combined" row, flow teacher from NTU-120 minus NTU-60, one GPU
     python distill_modality.py --data-root data/ntu --teacher-modality flow --granularity combined \
