@@ -281,9 +281,13 @@ class Clips(torch.utils.data.Dataset):
             clip = self.modality.read(path, indices, self.short_side, float(torch.rand(())))
         else:
             starts = video_clip_starts(n, self.clip_len, self.num_clips)
-            indices = np.concatenate([np.arange(s, s + self.clip_len) for s in starts])
-            clip = self.modality.read(path, indices, self.short_side, 0.5)
-            clip = clip.view(len(starts), self.clip_len, *clip.shape[1:])
+            if self.modality.actor_crop:  # each clip around its own actors, as in training
+                clip = torch.stack([self.modality.read(path, np.arange(s, s + self.clip_len), self.short_side, 0.5)
+                                    for s in starts])
+            else:
+                indices = np.concatenate([np.arange(s, s + self.clip_len) for s in starts])
+                clip = self.modality.read(path, indices, self.short_side, 0.5)
+                clip = clip.view(len(starts), self.clip_len, *clip.shape[1:])
         return dict(clip=clip, label=label, index=i)
 
 

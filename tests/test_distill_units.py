@@ -308,6 +308,12 @@ def test_depth_crop_actors_reads_the_square_around_the_clips_actors(tmp_path):
     assert empty.shape == (1, 60, 60, 1) and not empty.any()
     whole = dm.Modality("depth").read(str(folder), [0], 60, 0.5)[0, ..., 0]
     np.testing.assert_array_equal(whole.numpy(), frames[0, :, 10:70].astype(np.int32))
+    # evaluation: every clip of the video around its own actors, like the training clips
+    video = dm.Clips([(str(folder), 0)], "depth", 2, 28, train=False, actor_crop=True)[0]["clip"]
+    assert video.shape == (2, 2, 28, 28, 1)
+    for k, start in enumerate((0, 2)):
+        own = dm.Modality("depth", actor_crop=True).read(str(folder), [start, start + 1], 28, 0.5)
+        assert torch.equal(video[k], own)
     with pytest.raises(ValueError, match="masked depth"):
         dm.Modality("flow", actor_crop=True)
     assert dm.parse_args([]).depth_crop == "actors"  # the synthetic preset
