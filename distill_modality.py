@@ -1135,8 +1135,8 @@ def fuse(paths, out_dir):
 # teacher trains 24 epochs (80% on the source actions' validation videos; 8 epochs gave 57%) and the
 # finetuning 60 epochs, so that the students from scratch converge too (in 15 they predicted one class).
 # Depth clips show the square around the actors (--depth-crop actors): in the whole 32 px frame an actor
-# is 17 x 4 px and a depth R3D-18 trained on all 120 labeled training videos reaches 25% (chance 17%);
-# around the actors it reaches 53%.
+# is 17 x 4 px and a depth R3D-18 trained on all 120 labeled training videos reached 25% (chance 17%);
+# around the actors about 53%.
 SYNTHETIC_PRESET = dict(clip_len=8, short_side=36, crop_size=32, batch_size=8, teacher_epochs=24,
                         finetune_epochs=60, per_class=3, seeds="0,1", workers=2, print_freq=10,
                         stgcn_width=0.25, skeleton_frames=64, lr=0.01, lr_steps=[0.75], min_crop_scale=1.0,
@@ -1144,7 +1144,7 @@ SYNTHETIC_PRESET = dict(clip_len=8, short_side=36, crop_size=32, batch_size=8, t
 # Transfer epochs of the preset per student: the students' features first match the common direction
 # of the teacher's and only later its class-specific rest. Nearest class centroid from 3 examples per
 # class on their features: skeleton 31% random, 40% after 10 epochs, 73% after 50 (the teacher's own
-# 72%); depth 27% random, 39% after 10 epochs, 53% after 30. A depth epoch costs 3x a skeleton one.
+# 72%); depth 29% random, 33% after 10 epochs, 41% after 30. A depth epoch costs 3x a skeleton one.
 SYNTHETIC_TRANSFER_EPOCHS = dict(depth=30, skeleton=50)
 
 
