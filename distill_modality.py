@@ -15,8 +15,8 @@ and evaluated video-level (Sec 2.4.3, Tables 2.1-2.5, Fig. 2.3). One script, fou
     # Table 2.3 "Combined" row, flow teacher from NTU-120 minus NTU-60, one GPU
     python distill_modality.py --data-root data/ntu --teacher-modality flow --granularity combined \
         --per-class 20 --seeds 0,1,2,3,4 --workers 8 --amp --out-dir runs/distill/flow_combined
-    # the same on 8 GPUs (global batch 8 x 16 = 128)
-    torchrun --nproc_per_node=8 distill_modality.py --data-root data/ntu --batch-size 16 ...
+    # the same on 8 GPUs: --batch-size is the global batch (128, 16 per GPU), the same flags as above
+    torchrun --nproc_per_node=8 distill_modality.py --data-root data/ntu ...
     # two-stream row of Table 2.1: fuse the predictions of an RGB- and a flow-taught student
     python distill_modality.py --fuse runs/distill/rgb/results_transfer_k20.json \
         runs/distill/flow/results_transfer_k20.json --out-dir runs/distill/two_stream
@@ -40,10 +40,12 @@ from torch import nn
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, load_checkpoint,
-                           optimizer_step, resume_training, save_atomic, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, check_resume_args, grad_scaler, load_checkpoint,
+                           optimizer_step, parse_with_presets, resume_training, save_atomic, save_epoch,
+                           seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
-from common.video import clip_indices, count_frames, read_clip, read_samples
+from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, read_clip, read_or_replace,
+                          read_samples)
 
 # ============ NTU RGB+D on disk: names, modalities, pairs (Sec 2.4.1, 2.4.2) ============
 #
@@ -264,17 +266,33 @@ class Clips(torch.utils.data.Dataset):
     train=True: one clip of clip_len consecutive frames at a random start (looped when short) from a
     random square -> dict(clip=(T, S, S, C), label, index). train=False: all clips of the video
     (video_clip_starts) from the centre square -> clip (N, T, S, S, C); batch these one video at a time.
+    Unreadable files (common/video.py's policy): in training reported, counted in `counter` and replaced
+    by a random other item; in evaluation reported and returned as an empty clip (0,), left out.
     """
 
-    def __init__(self, items, modality, clip_len, short_side, train, num_clips=0, actor_crop=False):
+    def __init__(self, items, modality, clip_len, short_side, train, num_clips=0, actor_crop=False,
+                 counter=None):
         self.items, self.modality = list(items), Modality(modality, actor_crop)
         self.clip_len, self.short_side, self.train, self.num_clips = clip_len, short_side, train, num_clips
+        self.counter = counter or BadVideoCounter(1.0)
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        path, label = self.items[i]
+        rng = np.random.default_rng(torch.randint(2 ** 62, ()).item())
+        if self.train:
+            clip, i = read_or_replace(self.read, i, len(self), lambda j: self.items[j][0], self.counter, rng)
+        else:
+            try:
+                clip = self.read(i)
+            except READ_ERRORS as err:
+                self.counter.record_failure(self.items[i][0], err)
+                clip = torch.zeros(0)
+        return dict(clip=clip, label=self.items[i][1], index=i)
+
+    def read(self, i):
+        path = self.items[i][0]
         n = self.modality.num_frames(path)
         if self.train:
             indices = clip_indices(n, self.clip_len, 1, rng=np.random.default_rng(torch.randint(2 ** 62, ()).item()))
@@ -288,7 +306,7 @@ class Clips(torch.utils.data.Dataset):
                 indices = np.concatenate([np.arange(s, s + self.clip_len) for s in starts])
                 clip = self.modality.read(path, indices, self.short_side, 0.5)
                 clip = clip.view(len(starts), self.clip_len, *clip.shape[1:])
-        return dict(clip=clip, label=label, index=i)
+        return clip
 
 
 class PairClips(torch.utils.data.Dataset):
@@ -301,14 +319,21 @@ class PairClips(torch.utils.data.Dataset):
     student's augmentation (corner crop, flip, on the device) teaches it to match them from any view.
     """
 
-    def __init__(self, pairs, target, teacher, clip_len, short_side, with_teacher_clip=True, actor_crop=False):
+    def __init__(self, pairs, target, teacher, clip_len, short_side, with_teacher_clip=True, actor_crop=False,
+                 counter=None):
         self.pairs, self.target, self.teacher = list(pairs), Modality(target, actor_crop), Modality(teacher)
         self.clip_len, self.short_side, self.with_teacher_clip = clip_len, short_side, with_teacher_clip
+        self.counter = counter or BadVideoCounter()
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, i):
+        """An unreadable pair is reported, counted and replaced by a random other one."""
+        rng = np.random.default_rng(torch.randint(2 ** 62, ()).item())
+        return read_or_replace(self.read, i, len(self), lambda j: self.pairs[j][1:], self.counter, rng)[0]
+
+    def read(self, i):
         _, target_path, teacher_path = self.pairs[i]
         n = self.target.num_frames(target_path)
         start = int(torch.randint(max(n - self.clip_len, 0) + 1, ()))
@@ -631,6 +656,43 @@ def data_folders(args, d):
             setattr(args, key, os.path.join(root, sub))
 
 
+def check_inputs(args, stages):
+    """Every folder and file the run's stages will read, checked before the first one trains: one line
+    naming the flag and the path."""
+    def folder(path, flag, why):
+        if path is None:
+            raise SystemExit(f"{flag} is needed {why} (or --data-root with the NTU folder names)")
+        if not os.path.isdir(path):
+            raise SystemExit(f"{flag} {path}: no such folder ({why})")
+
+    def file(path, flag):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: no such file")
+
+    teacher_flag = "--rgb-dir" if args.teacher_modality == "rgb" else "--flow-dir"
+    target_flag = "--depth-dir" if args.target == "depth" else "--skeleton-dir"
+    file(args.teacher_checkpoint, "--teacher-checkpoint")
+    file(args.student_checkpoint, "--student-checkpoint")
+    if "teacher" in stages:
+        if args.source == "kinetics":
+            if args.train_list is None or args.source_root is None:
+                raise SystemExit("--source kinetics needs --source-root (videos) and --train-list (CSV or list)")
+            file(args.train_list, "--train-list")
+            folder(args.source_root, "--source-root", "for the Kinetics teacher")
+            if args.teacher_modality == "flow":
+                folder(args.source_flow_dir, "--source-flow-dir", "for the Kinetics flow teacher")
+        elif args.teacher_modality == "rgb":
+            folder(args.source_rgb_dir or args.rgb_dir, "--source-rgb-dir" if args.source_rgb_dir else "--rgb-dir",
+                   "for the teacher's NTU-120 videos")
+        else:
+            folder(args.source_flow_dir or args.flow_dir, "--source-flow-dir" if args.source_flow_dir else "--flow-dir",
+                   "for the teacher's NTU-120 flow")
+    if "transfer" in stages:
+        folder(getattr(args, teacher_flag[2:].replace("-", "_")), teacher_flag, "for the transfer's modality pairs")
+    if any(s in stages for s in ("transfer", "finetune", "eval")):
+        folder(getattr(args, target_flag[2:].replace("-", "_")), target_flag, f"for the {args.target} student")
+
+
 def teacher_modality_items(args, source_dirs=False):
     """{NTU name: path} of the teacher modality: RGB videos or flow folders."""
     if args.teacher_modality == "rgb":
@@ -713,7 +775,7 @@ def make_loader(dataset, args, d, train, batch_size=None):
     """DataLoader with a DistributedSampler under torchrun. Training: shuffled, whole batches only (the
     per-process batch shrinks, with a message, when the set is smaller than one global batch)."""
     if train:
-        batch_size = batch_size or args.batch_size
+        batch_size = d.local_batch(args.batch_size)
         fit_batch = max(1, len(dataset) // d.world_size)
         if batch_size > fit_batch:
             d.print(f"{len(dataset)} training items: batch size per process lowered from {batch_size} to {fit_batch}")
@@ -738,6 +800,15 @@ def lr_schedule(optimizer, epochs, steps):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
 
 
+# The flags each stage's checkpoint does not depend on (--resume and --out-dir checks): the later stages'.
+_EVAL_FLAGS = {"stage", "seeds", "eval_batch_size", "fuse", "epochs"}
+_FINETUNE_FLAGS = _EVAL_FLAGS | {"init", "per_class", "label_fraction", "finetune_epochs"}
+_TRANSFER_FLAGS = _FINETUNE_FLAGS | {"granularity", "loss", "match_layers", "teacher_clips", "student_checkpoint",
+                                     "transfer_epochs", "weight_decay", "target", "depth_dir", "skeleton_dir",
+                                     "stgcn_width", "skeleton_frames", "depth_crop", "protocol"}
+STAGE_INDEPENDENT = dict(teacher=_TRANSFER_FLAGS, transfer=_FINETUNE_FLAGS, finetune=_EVAL_FLAGS)
+
+
 def fit(args, d, out_dir, model, params, loader, epochs, weight_decay, batch_loss, set_train_mode, tag):
     """The training loop every stage shares: SGD (momentum 0.9), the --lr-steps schedule, AMP, resume,
     progress lines, one JSON line per epoch, an atomic checkpoint per epoch.
@@ -747,7 +818,7 @@ def fit(args, d, out_dir, model, params, loader, epochs, weight_decay, batch_los
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=weight_decay)
     scheduler = lr_schedule(optimizer, epochs, args.lr_steps)
     scaler = grad_scaler(d.device, args.amp)
-    ckpt = resume_training(args.resume, out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, ignore=STAGE_INDEPENDENT[tag])
     start = ckpt["epoch"] + 1 if ckpt else 0
     progress = Progress(d, epochs, len(loader), loader.batch_size * d.world_size, args.print_freq)
     for epoch in range(start, epochs):
@@ -777,20 +848,7 @@ def ddp(model, d):
 
 
 def stage_epochs(args, stage):
-    value = dict(teacher=args.teacher_epochs, transfer=args.transfer_epochs, finetune=args.finetune_epochs)[stage]
-    if value is not None:
-        return value
-    if args.epochs is not None:
-        return args.epochs
-    if stage == "teacher":
-        return 200  # Hara et al.'s code
-    return dict(depth=dict(transfer=400, finetune=100), skeleton=dict(transfer=120, finetune=70))[args.target][stage]
-
-
-def target_weight_decay(args):
-    if args.weight_decay is not None:
-        return args.weight_decay
-    return 1e-3 if args.target == "depth" else 1e-5  # Sec 2.4.3
+    return dict(teacher=args.teacher_epochs, transfer=args.transfer_epochs, finetune=args.finetune_epochs)[stage]
 
 
 # ----- stage 1: teacher (Sec 2.4.3, "Teacher Network") -----
@@ -801,7 +859,8 @@ def run_teacher(args, d):
     out = stage_dir(args, "teacher")
     samples, num_classes = source_items(args)
     d.print(f"teacher: {len(samples)} source videos ({args.source}, {args.teacher_modality}), {num_classes} classes")
-    dataset = Clips(samples, args.teacher_modality, args.clip_len, args.short_side, train=True)
+    dataset = Clips(samples, args.teacher_modality, args.clip_len, args.short_side, train=True,
+                    counter=BadVideoCounter(args.max_bad_fraction))
     loader = make_loader(dataset, args, d, train=True)
     encoder, width = video_encoder("r3d_18", in_channels=MODALITY_CHANNELS[args.teacher_modality])
     model = ddp(Classifier(encoder, width, num_classes), d)
@@ -856,6 +915,8 @@ def teacher_video_features(args, d, teacher, paths, layers, cache):
     feats = [torch.zeros(len(paths), RESNET_WIDTHS[l], device=d.device) for l in layers]
     for batch in loader:  # one video: (1, N, T, S, S, C)
         clips = batch["clip"][0]
+        if clips.numel() == 0:  # unreadable (reported by Clips): its row stays zero, its pairs are dropped
+            continue
         per_clip = [[] for _ in layers]
         for chunk in clips.split(args.eval_batch_size):
             with autocast(d.device, args.amp):
@@ -890,7 +951,7 @@ def run_transfer(args, d):
         pairs = [(k, depth[k], teacher_items[k]) for k in names]
         dataset = PairClips(pairs, "depth", args.teacher_modality, args.clip_len, args.short_side,
                             with_teacher_clip=args.granularity in ("clip2clip", "combined"),
-                            actor_crop=args.depth_crop == "actors")
+                            actor_crop=args.depth_crop == "actors", counter=BadVideoCounter(args.max_bad_fraction))
     else:  # pairs (teacher modality, whole skeleton sequence) of the training split
         skeletons = skeleton_split(args, "train")
         by_name = {ntu_key(n): r for r, n in enumerate(skeletons.sample_names)}
@@ -904,6 +965,17 @@ def run_transfer(args, d):
     if args.granularity in ("video2clip", "combined", "video2video"):
         video = teacher_video_features(args, d, teacher, [p for _, _, p in pairs], layers,
                                        os.path.join(out, "teacher_features.pt"))
+        read = torch.nonzero(video[0].abs().sum(1) > 0).flatten().cpu()
+        if len(read) < len(pairs):  # teacher videos that could not be read: their pairs have no target
+            d.print(f"transfer: {len(pairs) - len(read)} of {len(pairs)} pairs left out, their teacher video "
+                    f"could not be read")
+            if len(read) == 0:
+                raise SystemExit("no teacher video of the transfer pairs could be read")
+            pairs, video = [pairs[k] for k in read.tolist()], [f[read.to(f.device)] for f in video]
+            if args.target == "depth":
+                dataset.pairs = [dataset.pairs[k] for k in read.tolist()]
+            else:
+                dataset.rows = [dataset.rows[k] for k in read.tolist()]
     encoder, widths = new_student_encoder(args)
     model = ddp(Student(args.target, encoder, layers, RESNET_WIDTHS, widths), d)
     loader = make_loader(dataset, args, d, train=True)
@@ -925,7 +997,7 @@ def run_transfer(args, d):
         loss = granularity_loss(student, teacher_clip, teacher_video, args.granularity, args.loss)
         return loss, {}
 
-    fit(args, d, out, model, model.parameters(), loader, stage_epochs(args, "transfer"), target_weight_decay(args),
+    fit(args, d, out, model, model.parameters(), loader, stage_epochs(args, "transfer"), args.weight_decay,
         batch_loss, model.train, "transfer")
     if d.main:
         save_atomic(dict(encoder=encoder_state_dict(unwrap(model).encoder), target=args.target,
@@ -943,7 +1015,8 @@ def labeled_data(args, split):
         items, names = depth_items(args, split)
         train = split == "train"
         dataset = Clips(items, "depth", args.clip_len, args.short_side, train=train,
-                        actor_crop=args.depth_crop == "actors")
+                        actor_crop=args.depth_crop == "actors",
+                        counter=BadVideoCounter(args.max_bad_fraction if train else 1.0))
         return dataset, [y for _, y in items], names
     skeletons = skeleton_split(args, split)
     return (IndexedSkeletons(skeletons, range(len(skeletons)), args.skeleton_frames), list(skeletons.labels),
@@ -1012,7 +1085,7 @@ def run_finetune(args, d, seed):
         logits = model(x)
         return F.cross_entropy(logits, labels), dict(top1=(logits.argmax(1) == labels).float().mean().item())
 
-    fit(args, d, out, model, params, loader, stage_epochs(args, "finetune"), target_weight_decay(args), batch_loss,
+    fit(args, d, out, model, params, loader, stage_epochs(args, "finetune"), args.weight_decay, batch_loss,
         lambda: train_mode(model, args.target), "finetune")
     if d.main:
         save_atomic(dict(model=unwrap(model).state_dict(), num_classes=num_classes, seed=seed,
@@ -1033,6 +1106,8 @@ def predict(args, d, model, dataset, num_classes):
     if args.target == "depth":
         for batch in make_loader(dataset, args, d, train=False):
             clips = batch["clip"][0]
+            if clips.numel() == 0:  # unreadable (reported by Clips): all-zero scores, left out of the metric
+                continue
             probs = []
             for chunk in clips.split(args.eval_batch_size):
                 with autocast(d.device, args.amp):
@@ -1057,20 +1132,27 @@ def run_eval(args, d, seeds):
         if not os.path.isfile(path):
             raise SystemExit(f"no finetuned model at {path}: run --stage finetune with --seeds {seed}")
         saved = load_checkpoint(path)
+        trained = os.path.join(stage_dir(args, "finetune", seed), "checkpoint.pt")
+        if os.path.isfile(trained):  # the model was finetuned with these flags, or the labels would lie
+            check_resume_args(load_checkpoint(trained).get("args", {}), args, trained, _EVAL_FLAGS,
+                              action="--stage eval: cannot evaluate")
         encoder, widths = new_student_encoder(args)
         model = Classifier(encoder, widths[3], saved["num_classes"])
         model.load_state_dict(saved["model"])
         scores = predict(args, d, model.to(d.device), dataset, saved["num_classes"])
-        top1 = 100.0 * (scores.argmax(1) == labels).float().mean().item()
+        readable = scores.sum(1) > 0
+        top1 = 100.0 * (scores.argmax(1) == labels)[readable].float().mean().item()
         pred_file = os.path.join(stage_dir(args, "finetune", seed), "predictions.pt")
         if d.main:
             save_atomic(dict(names=list(names), labels=labels, scores=scores), pred_file)
-        d.print(f"eval seed {seed}: video-level top-1 {top1:.2f}% on {len(labels)} {args.target} validation videos")
+        d.print(f"eval seed {seed}: video-level top-1 {top1:.2f}% on {int(readable.sum())} {args.target} validation "
+                f"videos ({len(labels) - int(readable.sum())} unreadable, left out)")
         per_seed.append(dict(seed=seed, top1=top1, predictions=os.path.relpath(pred_file, args.out_dir)))
     result = summary(per_seed)
     result.update(target=args.target, teacher_modality=args.teacher_modality, source=args.source,
                   granularity=args.granularity, loss=args.loss, match_layers=args.match_layers, init=args.init,
-                  per_class=args.per_class, label_fraction=args.label_fraction, val_videos=len(labels),
+                  per_class=args.per_class, label_fraction=args.label_fraction, val_videos=int(readable.sum()),
+                  unreadable_val_videos=len(labels) - int(readable.sum()),
                   protocol=args.protocol, args=vars(args))
     if d.main:
         path = os.path.join(args.out_dir, f"results_{run_tag(args)}.json")
@@ -1146,27 +1228,39 @@ SYNTHETIC_PRESET = dict(clip_len=8, short_side=36, crop_size=32, batch_size=8, t
 # class on their features: skeleton 31% random, 40% after 10 epochs, 73% after 50 (the teacher's own
 # 72%); depth 29% random, 33% after 10 epochs, 41% after 30. A depth epoch costs 3x a skeleton one.
 SYNTHETIC_TRANSFER_EPOCHS = dict(depth=30, skeleton=50)
+# The thesis's per-student values (Sec 2.4.3), then the synthetic preset; flags given always win.
+TARGET_PRESETS = dict(
+    depth=dict(batch_size=128, transfer_epochs=400, finetune_epochs=100, weight_decay=1e-3, granularity="combined"),
+    skeleton=dict(batch_size=100, transfer_epochs=120, finetune_epochs=70, weight_decay=1e-5,
+                  granularity="video2video"))
+DATA_FLAGS = ("data_root", "rgb_dir", "depth_dir", "flow_dir", "skeleton_dir")
+
+
+def synthetic_run(a):
+    return not a.fuse and all(getattr(a, k) is None for k in DATA_FLAGS)
+
+
+PRESETS = [(f"--target {t} (Sec 2.4.3)", lambda a, t=t: a.target == t, v) for t, v in TARGET_PRESETS.items()]
+PRESETS += [("synthetic (no data folder flags)", synthetic_run, SYNTHETIC_PRESET)]
+PRESETS += [(f"synthetic --target {t}", lambda a, t=t: synthetic_run(a) and a.target == t, dict(transfer_epochs=e))
+            for t, e in SYNTHETIC_TRANSFER_EPOCHS.items()]
+STAGE_EPOCHS = ("teacher_epochs", "transfer_epochs", "finetune_epochs")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Feature-supervised action modality transfer (thesis Ch. 2). Defaults are the thesis's "
-                    "(Sec 2.4.3). Without --data-root (or the folder flags) the built-in synthetic paired dataset "
-                    "is used and flags not given take a CPU-sized preset: "
-                    + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_PRESET.items())
-                    + ", --transfer-epochs "
-                    + " / ".join(f"{v} ({k})" for k, v in SYNTHETIC_TRANSFER_EPOCHS.items()) + ".",
+                    "(Sec 2.4.3) for the depth student; --target skeleton has its own, and without --data-root "
+                    "(or the folder flags) the built-in synthetic paired dataset is used with CPU-sized values "
+                    "(the presets below).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
-    for action in parser._actions:  # the shared flags, as this script reads them
-        if action.dest == "data_root":
-            action.help = ("NTU RGB+D root holding nturgb+d_rgb, nturgb+d_depth_masked, nturgb+d_flow and "
-                           "nturgb+d_skeleton_npy/PROTOCOL; without it (and the folder flags) the built-in "
-                           "synthetic paired dataset is written (once) and used")
-        elif action.dest == "train_list":
-            action.help = "--source kinetics: the Kinetics-400 CSV or a 'path label' list of the teacher's videos"
-        elif action.dest == "epochs":
-            action.help = "epochs of every stage not given by --teacher/transfer/finetune-epochs"
+    add_common_args(parser, data_root="NTU RGB+D root holding nturgb+d_rgb, nturgb+d_depth_masked, nturgb+d_flow "
+                                      "and nturgb+d_skeleton_npy/PROTOCOL; without it (and the folder flags) the "
+                                      "built-in synthetic paired dataset is written (once) and used",
+                    train_list="--source kinetics: the Kinetics-400 CSV or a 'path label' list of the "
+                                    "teacher's videos",
+                    epochs="shorthand: the epochs of every stage whose --teacher/transfer/finetune-epochs "
+                                "is not given (0: each stage's own)")
     g = parser.add_argument_group("pipeline (Sec 2.3, 2.4.3)")
     g.add_argument("--stage", default="all", choices=["teacher", "transfer", "finetune", "eval", "all"],
                    help="all: teacher (unless --teacher-checkpoint), transfer, finetune and eval; --init scratch "
@@ -1181,10 +1275,10 @@ def parse_args(argv=None):
     g.add_argument("--source", default="ntu120_minus_60", choices=["ntu120_minus_60", "kinetics"],
                    help="teacher training data (Sec 2.4.2): NTU-120 videos of actions 61-120, or Kinetics-400 "
                         "(--source-root + --train-list)")
-    g.add_argument("--granularity", default="auto",
-                   choices=["auto", "clip2clip", "video2clip", "combined", "video2video"],
-                   help="Sec 2.3.2: clip2clip Eq. 2.1, video2clip Eq. 2.2-2.3, combined Eq. 2.4 (best, Table 2.3), "
-                        "video2video Eq. 2.5 (skeletons). auto: combined for depth, video2video for skeletons")
+    g.add_argument("--granularity", default="combined",
+                   choices=["clip2clip", "video2clip", "combined", "video2video"],
+                   help="Sec 2.3.2: clip2clip Eq. 2.1, video2clip Eq. 2.2-2.3, combined Eq. 2.4 (best for depth, "
+                        "Table 2.3), video2video Eq. 2.5 (skeletons, the --target skeleton preset)")
     g.add_argument("--loss", default="cosine", choices=["cosine", "mse"], help="Table 2.2: cosine distance works better")
     g.add_argument("--match-layers", default="last", choices=["last", "all"],
                    help="Sec 2.5.1.4: match the last layer only, or also every ResNet block's pooled output (depth)")
@@ -1205,14 +1299,14 @@ def parse_args(argv=None):
     g.add_argument("--fuse", nargs=2, default=None, metavar=("A.json", "B.json"),
                    help="fuse two results files' predictions (two-stream row of Table 2.1) and exit")
     g = parser.add_argument_group("schedule and networks (Sec 2.4.3)")
-    g.add_argument("--teacher-epochs", type=int, default=None, help="default 200 (Hara et al.'s code)")
-    g.add_argument("--transfer-epochs", type=int, default=None, help="default 400 (depth), 120 (skeleton)")
-    g.add_argument("--finetune-epochs", type=int, default=None, help="default 100 (depth), 70 (skeleton)")
+    g.add_argument("--teacher-epochs", type=int, default=200, help="Hara et al.'s code")
+    g.add_argument("--transfer-epochs", type=int, default=400, help="Sec 2.4.3 (skeleton preset: 120)")
+    g.add_argument("--finetune-epochs", type=int, default=100, help="Sec 2.4.3 (skeleton preset: 70)")
     g.add_argument("--lr-steps", type=float, nargs="*", default=[0.25, 0.5, 0.75],
                    help="lr x0.1 at these fractions of each stage's epochs (the thesis gives no schedule; Hara et al. "
                         "divide at epochs 50, 100, 150 of 200)")
-    g.add_argument("--weight-decay", type=float, default=None,
-                   help="student stages; default 1e-3 (depth), 1e-5 (skeleton). The teacher always uses 1e-3")
+    g.add_argument("--weight-decay", type=float, default=1e-3,
+                   help="student stages (skeleton preset: 1e-5). The teacher always uses 1e-3")
     g.add_argument("--eval-batch-size", type=int, default=32, help="clips (or sequences) per forward pass when evaluating")
     g.add_argument("--short-side", type=int, default=128,
                    help="frames are cropped to the centre (eval) or a random (train) square of the short side and "
@@ -1241,17 +1335,14 @@ def parse_args(argv=None):
                    help="NTU-120 flow folders for the teacher; default --flow-dir (Kinetics: <video stem>/ folders)")
     g.add_argument("--source-root", default=None, help="Kinetics-400 videos (--source kinetics)")
     g.add_argument("--protocol", default="xview", choices=["xview", "xsub"], help="NTU split (Sec 2.4.1: cross-view)")
-    parser.set_defaults(epochs=None, batch_size=None, lr=0.1, out_dir="runs/distill_modality")
-    args, _ = parser.parse_known_args(argv)
-    synthetic = not args.fuse and all(getattr(args, k) is None for k in ("data_root", "rgb_dir", "depth_dir",
-                                                                        "flow_dir", "skeleton_dir"))
-    if synthetic:
-        parser.set_defaults(**SYNTHETIC_PRESET)
-    args = parser.parse_args(argv)
-    if synthetic and args.transfer_epochs is None and args.epochs is None:
-        args.transfer_epochs = SYNTHETIC_TRANSFER_EPOCHS[args.target]
-    if args.granularity == "auto":
-        args.granularity = "combined" if args.target == "depth" else "video2video"
+    parser.set_defaults(epochs=0, batch_size=128, lr=0.1, out_dir="runs/distill_modality")
+    args = parse_with_presets(parser, argv, PRESETS)
+    if args.epochs:  # the shorthand: every stage whose own flag was not given, over any preset
+        shorthand = [k for k in STAGE_EPOCHS if k not in args.given_flags]
+        for k in shorthand:
+            setattr(args, k, args.epochs)
+        args.presets.append(f"--epochs {args.epochs}: " + " ".join(f"--{k.replace('_', '-')} {args.epochs}"
+                                                                   for k in shorthand))
     if (args.target == "skeleton") != (args.granularity == "video2video"):
         parser.error(f"--granularity {args.granularity} does not fit --target {args.target}: skeleton students "
                      "take whole sequences (video2video, Sec 2.3.2.3); depth students take clips")
@@ -1261,8 +1352,6 @@ def parse_args(argv=None):
         parser.error("--stage all resumes with --resume auto; give a checkpoint path only with a single stage")
     if not 0 < args.label_fraction <= 1:
         parser.error("--label-fraction must be in (0, 1]")
-    if args.batch_size is None:
-        args.batch_size = 100 if args.target == "skeleton" else 128  # Sec 2.4.3
     try:
         args.seeds = [int(s) for s in str(args.seeds).split(",")] if args.seeds is not None else [args.seed]
     except ValueError:
@@ -1278,6 +1367,8 @@ def main(argv=None):
     seed_everything(args.seed, d.rank)
     os.makedirs(args.out_dir, exist_ok=True)
     d.print(json.dumps(vars(args)))
+    for line in args.presets:
+        d.print(line)
     data_folders(args, d)
     t0 = time.time()
     if args.stage == "all":
@@ -1288,6 +1379,7 @@ def main(argv=None):
             stages = ["teacher"] + stages
     else:
         stages = [args.stage]
+    check_inputs(args, stages)
     result = None
     for stage in stages:
         seed_everything(args.seed, d.rank)

@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, optimizer_step,
-                           resume_training, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, grad_scaler, optimizer_step,
+                           parse_with_presets, resume_training, save_epoch, seed_everything, unwrap)
 from common.synthetic import synthetic_video_dataset, write_mp4
-from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, frame_rate,
-                          read_clip, read_video_list)
+from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
+                          frame_rate, read_clip, read_video_list)
 
 # ============ downstream setups and their annotation files (Table 4.4, App. B) ============
 #
@@ -424,8 +424,11 @@ SETUPS = {s.name: s for s in (
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
 
 
-def setup_samples(setup_name, split, ann_root, subset_seed=99999):
+def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=None):
     """[(relative video path, target)] of a setup's 'train' or 'test' split, remaps and subsets applied.
+
+    video_root: leave out the videos that are not under it (`drop_missing`) before the subset is
+    drawn, as SEVERE's loaders do, so an incomplete download still gets a full 1,000-video subset.
 
     Targets: class index (recognition); 0 = forward / 1 = reversed (ucf_aot: every UCF101 video twice,
     forward then reversed); RepetitionVideo boundaries tuple (ucf_rc; count = len - 1); the list of
@@ -451,6 +454,10 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999):
         samples = [(v.path, v.actions) for v in read_charades_csv(files[0])]
     else:
         raise ValueError(f"setup {setup_name!r} has an unknown dataset {s.dataset!r}")
+    if video_root is not None:
+        on_disk = drop_missing([(os.path.join(video_root, p), k) for k, (p, _) in enumerate(samples)],
+                               f"{setup_name} {split} split (--data-root {video_root})")
+        samples = [samples[k] for _, k in on_disk]
     if s.subset_size and split == "train":
         samples = low_shot_subset(samples, s.num_classes, s.subset_size, subset_seed)
     if s.task == "aot":
@@ -1003,7 +1010,7 @@ def predict(model, loader, d, args, multilabel):
         b, n = clips.shape[:2]
         with autocast(d.device, args.amp):
             logits = torch.cat([model(to_input(chunk, d.device, train=False, norm=args.input_norm))
-                                for chunk in clips.flatten(0, 1).split(args.batch_size)])
+                                for chunk in clips.flatten(0, 1).split(d.local_batch(args.batch_size))])
         logits = logits.float().view(b, n, -1)
         scores = logits.sigmoid().amax(1) if multilabel else logits.softmax(-1).mean(1)
         out_scores.append(scores.cpu()), out_targets.append(targets), out_index.append(index)
@@ -1027,7 +1034,7 @@ def evaluate(model, loader, d, args, setup):
     listed = len(loader.dataset)
     if len(scores) < listed:
         d.print(f"warning: {listed - len(scores)} of {listed} test videos could not be read and are not scored")
-    counts = dict(test_videos=len(scores), test_videos_listed=listed)
+    counts = dict(test_videos=len(scores), test_videos_listed=listed, unreadable_test_videos=listed - len(scores))
     return {**counts, **_metric(scores, targets, setup, multilabel)}
 
 
@@ -1049,7 +1056,7 @@ def features(backbone, loader, d, args):
     feats, labels = [], []
     for clips, targets, _ in loader:
         b, n = clips.shape[:2]
-        f = torch.cat([backbone(to_input(c, d.device, train=False, norm=args.input_norm)) for c in clips.flatten(0, 1).split(args.batch_size)])
+        f = torch.cat([backbone(to_input(c, d.device, train=False, norm=args.input_norm)) for c in clips.flatten(0, 1).split(d.local_batch(args.batch_size))])
         feats.append(f.float().view(b, n, -1).mean(1).cpu()), labels.append(targets)
     return torch.cat(feats), torch.cat(labels)
 
@@ -1509,7 +1516,8 @@ def counting_data(args, d, num_synthetic=16, num_synthetic_test=4):
     """(train, test) [(path, boundaries)]: UCFRep under --data-root, else synthetic repetition videos."""
     if args.data_root is not None:
         ann_root = args.ann_root or args.data_root
-        return tuple([(os.path.join(args.data_root, p), b) for p, b in setup_samples("ucf_rc", split, ann_root)]
+        return tuple([(os.path.join(args.data_root, p), b)
+                      for p, b in setup_samples("ucf_rc", split, ann_root, video_root=args.data_root)]
                      for split in ("train", "test"))
     if d.main:
         synthetic_repetition_videos(num_videos=num_synthetic)
@@ -1524,13 +1532,12 @@ def evaluate_counting(model, test, args, d):
     if not d.main:
         return None
     model = unwrap(model)  # no DDP forward on one rank: it would wait for the others
-    predictions, counter = [], BadVideoCounter()
+    predictions, counter = [], BadVideoCounter(max_fraction=1.0)  # evaluation never stops the run
     for path, bounds in test:
         try:
             frames = read_count_span(path, bounds, args.short_side, args.crop_size)
         except VideoReadError as err:
             counter.record_failure(path, err)
-            counter.check()
             continue
         counter.record_ok()
         out = count_repetitions(model, frames, d.device, args.input_norm, args.clip_len,
@@ -1542,7 +1549,8 @@ def evaluate_counting(model, test, args, d):
         print(f"warning: {len(test) - len(predictions)} of {len(test)} test videos could not be read and are not scored")
     pred, gt = [p["pred"] for p in predictions], [p["count"] for p in predictions]
     return dict(metric_name="mean_count_error", value=counting_error(pred, gt), off_by_one=off_by_one_accuracy(pred, gt),
-                test_videos=len(predictions), test_videos_listed=len(test), predictions=predictions)
+                test_videos=len(predictions), test_videos_listed=len(test),
+                unreadable_test_videos=len(test) - len(predictions), predictions=predictions)
 
 
 def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, feature_dim):
@@ -1552,7 +1560,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
     if args.protocol != "finetune" or args.task != "auto":
         raise SystemExit(f"{setup.name}: repetition counting is evaluated by finetuning only (App. C.4)")
     sched = schedule(args, setup)
-    epochs, batch_size = sched.epochs, sched.batch_size
+    epochs, batch_size = sched.epochs, d.local_batch(sched.batch_size)
     model = CountingHead(backbone, feature_dim).to(d.device)
     if d.distributed:
         model = nn.parallel.DistributedDataParallel(
@@ -1560,7 +1568,8 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
     optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
     scaler = grad_scaler(d.device, args.amp)
-    dataset = RepetitionSamples(train, args.clip_len, args.crop_size, args.short_side)
+    dataset = RepetitionSamples(train, args.clip_len, args.crop_size, args.short_side,
+                                counter=BadVideoCounter(args.max_bad_fraction))
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) \
         if d.distributed else torch.utils.data.RandomSampler(dataset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
@@ -1569,10 +1578,10 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
         raise SystemExit(f"{len(dataset)} training inputs are too few for a batch of {batch_size}")
     d.print(f"{setup.name}: {len(train)} training and {len(test)} test videos, {len(dataset)} inputs per epoch, {sched}")
 
-    ckpt = resume_training(args.resume, out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler)
     start_epoch = ckpt["epoch"] + 1 if ckpt else 0
 
-    progress = Progress(d, epochs, len(loader), batch_size * d.world_size, args.print_freq)
+    progress = Progress(d, epochs, len(loader), sched.batch_size, args.print_freq)
     for epoch in range(start_epoch, epochs):
         if d.distributed:
             sampler.set_epoch(epoch)
@@ -1602,21 +1611,41 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
 
 # ============ arguments ============
 
+def setup_presets():
+    """One preset per setup and protocol: the setup's schedule (Table C.4 finetuning, Table B.2 linear
+    probe; UCF101's probe where the thesis gives none) and clip length replace the defaults of the
+    flags not given."""
+    presets = []
+    for name, s in SETUPS.items():
+        for protocol in ("finetune", "linear"):
+            sched = s.finetune if protocol == "finetune" else (s.linear or SETUPS["ucf101"].linear)
+            presets.append((f"--setup {name} --protocol {protocol}",
+                            lambda a, name=name, protocol=protocol: a.setup == name and a.protocol == protocol,
+                            dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size,
+                                 weight_decay=sched.weight_decay, milestones=list(sched.milestones),
+                                 clip_len=s.clip_len)))
+    return presets
+
+
 # Without --data-root every setup runs its pipeline on the built-in synthetic videos at these
 # CPU sizes (flags given explicitly still win).
 SYNTHETIC_PRESET = dict(epochs=2, batch_size=4, clip_len=8, crop_size=64, num_test_clips=2, workers=2,
                         milestones=[1], print_freq=5)
+PRESETS = setup_presets() + [("synthetic (no --data-root)", lambda a: a.data_root is None and not
+                              (a.summary or a.print_split), SYNTHETIC_PRESET)]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="SEVERE benchmark (thesis Ch. 4): finetune or linear-probe an R(2+1)D-18 checkpoint "
-                    "on a downstream setup; --summary prints Table 4.4 / 5.8 from result files.",
+                    "on a downstream setup; --summary prints Table 4.4 / 5.8 from result files. The "
+                    "defaults shown are --setup ucf101's; every setup's schedule is a preset (below).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser)
     g = parser.add_argument_group("SEVERE")
     g.add_argument("--setup", default="ucf101", choices=sorted(SETUPS) + ["all"],
-                   help="downstream setup (Table 4.4 / 5.1); 'all' runs the eight SEVERE setups")
+                   help="downstream setup (Table 4.4 / 5.1); 'all' runs the eight SEVERE setups, each with its "
+                        "own preset, into OUT_DIR/<setup>")
     g.add_argument("--protocol", default="finetune", choices=["finetune", "linear"],
                    help="finetune the whole network (App. C.4) or a linear layer on the frozen backbone (Table B.2)")
     g.add_argument("--task", default="auto", choices=["auto", "retrieval", "cluster"],
@@ -1635,28 +1664,25 @@ def parse_args(argv=None):
     g.add_argument("--summary", nargs="+", default=None, metavar="DIR",
                    help="print the markdown table of all results JSON files under these folders and exit")
     g.add_argument("--num-test-clips", type=int, default=10, help="uniformly spaced test clips per video")
-    g.add_argument("--milestones", type=int, nargs="*", default=None, help="lr x0.1 at these epochs (Table C.4)")
-    g.add_argument("--weight-decay", type=float, default=None, help="default: the setup's (0 for Adam finetuning)")
+    g.add_argument("--milestones", type=int, nargs="*", default=[60, 100, 140],
+                   help="lr x0.1 at these epochs (Table C.4)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam / SGD weight decay (Table C.4)")
     g.add_argument("--short-side", type=int, default=128, help="frames are resized to this short side when decoded")
     g.add_argument("--select-on-test", action="store_true",
                    help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")
-    parser.set_defaults(clip_len=None, crop_size=112, batch_size=None, epochs=None, lr=None, out_dir="runs/severe")
-    args, _ = parser.parse_known_args(argv)
-    if args.data_root is None and not (args.summary or args.print_split):
-        parser.set_defaults(**SYNTHETIC_PRESET)
-    return parser.parse_args(argv)
+    parser.set_defaults(clip_len=32, crop_size=112, batch_size=32, epochs=160, lr=1e-4, out_dir="runs/severe")
+    return parse_with_presets(parser, argv, PRESETS)
 
 
 def schedule(args, setup):
     """The setup's Schedule (Table C.4 for finetuning, Table B.2 for the linear probe) with the
-    flags that were given (--epochs, --lr, --milestones, --batch-size, --weight-decay) applied."""
+    values of --epochs, --lr, --milestones, --batch-size, --weight-decay (its preset, or given)."""
     base = setup.finetune if args.protocol == "finetune" else setup.linear
-    if base is None:  # Table B.2 has no linear protocol for this setup: UCF101's, unless flags say otherwise
+    if base is None:  # Table B.2 has no linear protocol for this setup: UCF101's (the preset's)
         base = SETUPS["ucf101"].linear
         print(f"{setup.name}: the thesis gives no linear protocol; using UCF101's of Table B.2 ({base})")
-    given = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                 milestones=None if args.milestones is None else tuple(args.milestones))
-    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    return dataclasses.replace(base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                               weight_decay=args.weight_decay, milestones=tuple(args.milestones))
 
 
 def lr_factor(sched, epoch):
@@ -1687,8 +1713,9 @@ def setup_data(args, d, setup):
         test = read_video_list(synthetic["val_list"], root)
     else:
         root, ann_root = args.data_root, args.ann_root or args.data_root
-        train = [(os.path.join(root, p), y) for p, y in setup_samples(setup.name, "train", ann_root, args.subset_seed)]
-        test = [(os.path.join(root, p), y) for p, y in setup_samples(setup.name, "test", ann_root, args.subset_seed)]
+        train, test = ([(os.path.join(root, p), y) for p, y in setup_samples(setup.name, split, ann_root,
+                                                                             args.subset_seed, video_root=root)]
+                       for split in ("train", "test"))
         num_classes = setup.num_classes
     if setup.task == "multilabel":
         if args.data_root is None:  # synthetic: the class as a one-hot target
@@ -1702,35 +1729,53 @@ def setup_data(args, d, setup):
     return train, test, num_outputs
 
 
-def make_loader(samples, args, d, train, clips_per_video=1, aot=False, batch_size=None, stride=1,
-                clip_targets=None):
+def make_loader(samples, args, d, train, batch_size, clips_per_video=1, aot=False, stride=1, clip_targets=None):
+    """batch_size: videos per process. Training stops above --max-bad-fraction unreadable videos;
+    evaluation never stops: an unreadable test video is reported and left out of the metric."""
     videos = VideoClipDataset([(p, k) for k, (p, _) in enumerate(samples)], clip_len=args.clip_len,
-                              strides=(stride,), short_side=args.short_side, train=train, num_clips=clips_per_video)
+                              strides=(stride,), short_side=args.short_side, train=train, num_clips=clips_per_video,
+                              max_fail_fraction=args.max_bad_fraction if train else 1.0)
     dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
         if d.distributed else (torch.utils.data.RandomSampler(dataset) if train else None)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or args.batch_size, sampler=sampler,
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                        num_workers=args.workers, pin_memory=d.device.type == "cuda",
                                        drop_last=train, persistent_workers=False)
 
 
-def run_setup(args, d, setup_name):
+def prepare_setup(args, d, setup_name):
+    """Everything one setup needs before it trains: its args (presets applied), out-dir, schedule,
+    video lists (missing files left out) and checkpoint layout. `main` prepares every setup of the
+    run first, so a missing file of the last setup stops the run before the first one trains."""
     setup = SETUPS[setup_name]
-    args = argparse.Namespace(**{**vars(args), "clip_len": args.clip_len or setup.clip_len})  # 32, AoT 8
-    out_dir = os.path.join(args.out_dir, setup_name) if args.setup == "all" else args.out_dir
-    os.makedirs(out_dir, exist_ok=True)
+    args = apply_presets(argparse.Namespace(**{**vars(args), "setup": setup_name}), PRESETS)
+    out_dir = os.path.join(args.out_dir, setup_name) if len(args.run_setups) > 1 else args.out_dir
     sched = schedule(args, setup)
-    epochs, batch_size = sched.epochs, sched.batch_size
+    d.local_batch(sched.batch_size)
     train, test, num_outputs = (*counting_data(args, d), 1) if setup.task == "counting" \
         else setup_data(args, d, setup)
-    aot, multilabel = setup.task == "aot", setup.task == "multilabel"
-    d.print(f"{setup_name}: {len(train)} training and {len(test)} test videos, {num_outputs} outputs, "
-            f"{args.protocol}, {sched}")
-
-    info = dict(checkpoint=None, format="scratch")
     fmt = "scratch"
     if args.init == "pretrained" and args.checkpoint:  # the layout decides the network (TCLR's layer4)
+        if not os.path.isfile(args.checkpoint):
+            raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
         fmt = args.format if args.format != "auto" else guess_format(read_checkpoint(args.checkpoint))
+        args.format = fmt  # the layout the run used (--format auto resolved), in checkpoint and results
+    return dict(args=args, setup_name=setup_name, out_dir=out_dir, sched=sched, data=(train, test, num_outputs),
+                fmt=fmt)
+
+
+def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
+    setup = SETUPS[setup_name]
+    os.makedirs(out_dir, exist_ok=True)
+    epochs, batch_size = sched.epochs, d.local_batch(sched.batch_size)
+    train, test, num_outputs = data
+    aot, multilabel = setup.task == "aot", setup.task == "multilabel"
+    for line in args.presets:
+        d.print(line)
+    d.print(f"{setup_name}: {len(train)} training and {len(test)} test videos, {num_outputs} outputs, "
+            f"{args.protocol}, {sched} (batch {batch_size} per process x {d.world_size})")
+
+    info = dict(checkpoint=None, format="scratch")
     backbone, feature_dim = build_backbone(backbone_variant(fmt))
     if fmt != "scratch":
         info = load_pretrained(args.checkpoint, fmt, backbone)
@@ -1739,8 +1784,7 @@ def run_setup(args, d, setup_name):
     if setup.task == "counting":
         return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
     test_loader = make_loader(test, args, d, train=False, clips_per_video=args.num_test_clips, aot=aot,
-                              stride=setup.clip_stride,
-                              batch_size=max(1, batch_size // args.num_test_clips))
+                              stride=setup.clip_stride, batch_size=max(1, batch_size // args.num_test_clips))
     t_start = time.time()
 
     if args.task in ("retrieval", "cluster"):  # frozen features, no training
@@ -1777,10 +1821,10 @@ def run_setup(args, d, setup_name):
     if len(train_loader) == 0:
         raise SystemExit(f"{len(train)} training videos are too few for a batch of {batch_size}")
 
-    ckpt = resume_training(args.resume, out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler)
     start_epoch, best = (ckpt["epoch"] + 1, ckpt.get("best")) if ckpt else (0, None)
 
-    progress = Progress(d, epochs, len(train_loader), batch_size * d.world_size, args.print_freq)
+    progress = Progress(d, epochs, len(train_loader), sched.batch_size, args.print_freq)
     for epoch in range(start_epoch, epochs):
         if d.distributed:
             train_loader.sampler.set_epoch(epoch)
@@ -1811,14 +1855,15 @@ def run_setup(args, d, setup_name):
 
 
 def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
-    """Prints the result and writes OUT_DIR/results_<setup>_<protocol>.json (rank 0)."""
+    """Prints the result and writes OUT_DIR/results_<setup>_<protocol or task>.json (rank 0)."""
     name = args.name or (args.checkpoint if args.init == "pretrained" and args.checkpoint else "None (scratch)")
     record = dict(name=name, setup=setup_name, protocol=args.protocol, task=args.task, **result,
                   checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
                   format=info.get("format"), epochs=epochs, seconds=round(time.time() - t_start, 1),
                   args=vars(args))
     if d.main:
-        path = os.path.join(out_dir, f"results_{setup_name}_{args.protocol}.json")
+        kind = args.protocol if args.task == "auto" else args.task  # retrieval / cluster train nothing
+        path = os.path.join(out_dir, f"results_{setup_name}_{kind}.json")
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
         print(f"{setup_name} {args.protocol}: {record['metric_name']} {record['value']:.2f}  ({path})", flush=True)
@@ -1835,9 +1880,11 @@ def main(argv=None):
         return
     d = Dist(args.device)
     seed_everything(args.seed, d.rank)
+    args.run_setups = list(SEVERE_SETUPS) if args.setup == "all" else [args.setup]
     d.print(json.dumps(vars(args)))
-    for name in (SEVERE_SETUPS if args.setup == "all" else [args.setup]):
-        run_setup(args, d, name)
+    runs = [prepare_setup(args, d, name) for name in args.run_setups]  # every input checked first
+    for run in runs:
+        run_setup(d=d, **run)
     d.close()
 
 

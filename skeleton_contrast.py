@@ -13,9 +13,9 @@ query of each representation must find the key of the other one among that one's
     # NTU RGB+D 60 cross-view on one GPU (Sec 3.4.2: SEQ + STG, queue 16,384, 450 epochs)
     python skeleton_contrast.py --data-root data/ntu60/xview --reprs seq,stg --workers 8 \
         --out-dir runs/ntu60_xview
-    # the same on 4 GPUs (global batch 4 x 16 = 64)
-    torchrun --nproc_per_node=4 skeleton_contrast.py --data-root data/ntu60/xview --batch-size 16 \
-        --out-dir runs/ntu60_xview
+    # the same on 4 GPUs (--batch-size is the global batch: 64 = 4 x 16)
+    torchrun --nproc_per_node=4 skeleton_contrast.py --data-root data/ntu60/xview --reprs seq,stg \
+        --workers 8 --out-dir runs/ntu60_xview
     # downstream (Appendix A.1): linear, knn, semi, transfer, finetune
     python skeleton_contrast.py --eval semi --label-fraction 0.01 --repeats 5 \
         --data-root data/ntu60/xview --checkpoint runs/ntu60_xview/checkpoint.pt
@@ -42,9 +42,9 @@ from torchvision.io import write_png
 
 from common.backbones import AGCN, NTU_EDGES
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
-                           load_checkpoint, optimizer_step, resume_training, reuse_freed_cpu_memory, save_epoch,
+                           load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory, save_epoch,
                            seed_everything)
-from common.moco import batch_shuffle, batch_unshuffle, check_queue_size, concat_all_gather
+from common.moco import check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue, momentum_update
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
 
@@ -630,10 +630,11 @@ class SkeletonContrast(nn.Module):
     """
 
     def __init__(self, reprs, width=1.0, dim=128, queue_size=16384, momentum=0.999, temperature=0.07,
-                 shuffle_bn=False, frames=64, bigru="authors"):
+                 shuffle_bn=False, frames=64, bigru="authors", bn_splits=1):
         super().__init__()
         self.reprs, self.queue_size = list(reprs), queue_size
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
+        self.bn_splits = bn_splits
         self.encoder_q = nn.ModuleDict({r: encoder_with_head(r, width, dim, frames, bigru) for r in self.reprs})
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
@@ -645,19 +646,6 @@ class SkeletonContrast(nn.Module):
     def queue(self, r):
         return getattr(self, f"queue_{r}")
 
-    @torch.no_grad()
-    def _momentum_update_key_encoders(self):
-        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1.0 - self.momentum)
-
-    @torch.no_grad()
-    def _dequeue_and_enqueue(self, keys):
-        """keys: representation -> (B, dim) of this process; all queues advance together."""
-        ptr = int(self.queue_ptr)
-        for r, k in keys.items():
-            k = concat_all_gather(k)
-            self.queue(r)[:, ptr:ptr + k.shape[0]] = k.T
-        self.queue_ptr[0] = (ptr + k.shape[0]) % self.queue_size
 
     def forward(self, x_q, x_k):
         """x_q, x_k: the query and key views (B, 3, L, 25, 2) of the same sequences.
@@ -665,24 +653,23 @@ class SkeletonContrast(nn.Module):
         Returns (loss, terms): the sum of the InfoNCE terms (Eq. 3.6) and a dict
         'query->key' -> (loss of the term, top-1 of the positive among the negatives).
         """
-        q = {r: F.normalize(self.encoder_q[r](x_q), dim=1) for r in self.reprs}
+        splits = self.bn_splits if self.shuffle_bn else 1  # HCN and AGCN have BatchNorm (shuffle-BN)
+        q = {r: F.normalize(encode_queries(self.encoder_q[r], x_q, splits).float(), dim=1) for r in self.reprs}
         with torch.no_grad():
-            self._momentum_update_key_encoders()
-            if self.shuffle_bn:  # HCN and AGCN have BatchNorm: do not let the keys see their batch
-                x_k, idx_unshuffle = batch_shuffle(x_k)
-            k = {r: F.normalize(self.encoder_k[r](x_k), dim=1) for r in self.reprs}
-            if self.shuffle_bn:
-                k = {r: batch_unshuffle(z, idx_unshuffle) for r, z in k.items()}
+            momentum_update(self.encoder_q, self.encoder_k, self.momentum)
+            keys = encode_keys([self.encoder_k[r] for r in self.reprs], x_k, self.shuffle_bn, splits)
+            k = {r: F.normalize(z.float(), dim=1) for r, z in zip(self.reprs, keys)}
         loss, terms = 0.0, {}
         for a, b in contrast_pairs(self.reprs):
-            l_pos = (q[a] * k[b]).sum(dim=1, keepdim=True)            # Z_q^a . Z_k^b
-            l_neg = q[a] @ self.queue(b).clone().detach()              # Z_q^a . Z_n^b, Z_n in N^b
-            logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+            # [Z_q^a . Z_k^b, Z_q^a . Z_n^b for Z_n in N^b] / tau, fp32
+            logits = contrast_logits(q[a], k[b], self.queue(b), self.temperature)
             labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
             term = F.cross_entropy(logits, labels)                     # Eq. 3.5 / 3.7 / 3.8
             loss = loss + term
             terms[f"{a}->{b}"] = (term.detach(), (logits.argmax(dim=1) == 0).float().mean())
-        self._dequeue_and_enqueue(k)
+        ptr = int(self.queue_ptr)  # all queues advance together
+        for r in self.reprs:
+            self.queue_ptr[0] = enqueue(self.queue(r), ptr, k[r])
         return loss, terms
 
 
@@ -719,7 +706,7 @@ def make_loader(dataset, args, d, train, drop_last=False):
             if d.distributed else torch.utils.data.RandomSampler(dataset)
     else:
         sampler = range(d.rank, len(dataset), d.world_size)
-    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+    return torch.utils.data.DataLoader(dataset, batch_size=d.local_batch(args.batch_size), sampler=sampler,
                                        num_workers=args.workers, drop_last=drop_last,
                                        pin_memory=d.device.type == "cuda",
                                        persistent_workers=train and args.workers > 0)
@@ -744,22 +731,29 @@ def class_balanced_subset(labels, fraction, seed):
 # width on 32-frame views, and a faster-moving key encoder and larger lr for a run of 200 steps
 # (about 2 minutes on 2 CPU cores); flags given on the command line win.
 SYNTHETIC_PRESET = dict(epochs=20, batch_size=32, queue_size=256, width=0.125, frames=32, lr=0.03,
-                        moco_momentum=0.99, workers=2, print_freq=5, schedule="")
+                        moco_momentum=0.99, workers=2, print_freq=5, schedule=[])
 # Each downstream protocol's own defaults (Appendix A.1); flags given on the command line win.
 EVAL_DEFAULTS = {
-    "linear": dict(epochs=80, lr=0.1, schedule="50,70", batch_size=64),     # SGD, frozen encoder
+    "linear": dict(epochs=80, lr=0.1, schedule=[50, 70], batch_size=64),     # SGD, frozen encoder
     "knn": dict(batch_size=64),
-    "semi": dict(epochs=50, lr=1e-4, schedule="30,40", batch_size=64),      # Adam, all layers
-    "transfer": dict(epochs=50, lr=1e-4, schedule="30,40", batch_size=64),
-    "finetune": dict(epochs=50, lr=1e-4, schedule="30,40", batch_size=64),
+    "semi": dict(epochs=50, lr=1e-4, schedule=[30, 40], batch_size=64),      # Adam, all layers
+    "transfer": dict(epochs=50, lr=1e-4, schedule=[30, 40], batch_size=64),
+    "finetune": dict(epochs=50, lr=1e-4, schedule=[30, 40], batch_size=64),
 }
 SYNTHETIC_EVAL_PRESET = {
-    "linear": dict(epochs=30, lr=0.1, schedule="20,26", batch_size=32, workers=2, print_freq=5),
+    "linear": dict(epochs=30, lr=0.1, schedule=[20, 26], batch_size=32, workers=2, print_freq=5),
     "knn": dict(batch_size=32, workers=2),
-    "semi": dict(epochs=20, lr=1e-3, schedule="14,18", batch_size=16, workers=2, print_freq=5),
-    "transfer": dict(epochs=20, lr=1e-3, schedule="14,18", batch_size=16, workers=2, print_freq=5),
-    "finetune": dict(epochs=20, lr=1e-3, schedule="14,18", batch_size=16, workers=2, print_freq=5),
+    "semi": dict(epochs=20, lr=1e-3, schedule=[14, 18], batch_size=16, workers=2, print_freq=5),
+    "transfer": dict(epochs=20, lr=1e-3, schedule=[14, 18], batch_size=16, workers=2, print_freq=5),
+    "finetune": dict(epochs=20, lr=1e-3, schedule=[14, 18], batch_size=16, workers=2, print_freq=5),
 }
+# Presets in the order they apply (later ones win; flags given on the command line always win).
+PRESETS = [("synthetic pretraining (no --data-root, no --eval)", lambda a: a.data_root is None and not a.eval,
+            SYNTHETIC_PRESET)]
+PRESETS += [(f"--eval {e} (App. A.1)", lambda a, e=e: a.eval == e, v) for e, v in EVAL_DEFAULTS.items()]
+PRESETS += [(f"synthetic --eval {e} (no --data-root)", lambda a, e=e: a.eval == e and a.data_root is None,
+             dict(v, width=SYNTHETIC_PRESET["width"], frames=SYNTHETIC_PRESET["frames"]))
+            for e, v in SYNTHETIC_EVAL_PRESET.items()]
 
 
 def _reprs(text):
@@ -781,15 +775,16 @@ def _milestones(text):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Skeleton-contrastive self-supervised pretraining and its downstream protocols "
-                    "(thesis Ch. 3, App. A). Defaults are the thesis's (Sec 3.4.2, App. A.1). Without "
-                    "--data-root the built-in synthetic skeletons are used and flags not given take a "
-                    "CPU-sized preset: " +
-                    ", ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in SYNTHETIC_PRESET.items()) + ".",
+                    "(thesis Ch. 3, App. A). Defaults are the thesis's (Sec 3.4.2, App. A.1); each --eval "
+                    "protocol has its own, and without --data-root the built-in synthetic skeletons are "
+                    "used with CPU-sized values (the presets below).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, video=False,
-                    data_help="protocol folder with {train,val}_data_joint.npy (N, 3, 300, 25, 2), "
+                    data_root="protocol folder with {train,val}_data_joint.npy (N, 3, 300, 25, 2), "
                               "{train,val}_label.pkl and optionally {train,val}_num_frame.npy; without "
-                              "it the built-in synthetic skeletons are written (once) and used")
+                              "it the built-in synthetic skeletons are written (once) and used",
+                    amp="mixed precision: bf16 autocast on CUDA and on the CPU (the BiGRU runs 2x faster "
+                        "on CPUs with native bf16)")
     add_augmentation_args(parser)
     g = parser.add_argument_group("representations and contrast (Sec 3.3.2-3.3.3, 3.4.2)")
     g.add_argument("--reprs", type=_reprs, default="seq,stg",
@@ -808,6 +803,10 @@ def parse_args(argv=None):
                    help="negatives |N| per representation: 16,384 for NTU-60/120, 8,192 for PKU-MMD I, "
                         "2,048 for PKU-MMD II (Sec 3.4.2)")
     g.add_argument("--temperature", type=float, default=0.07, help="tau in Eq. 3.5-3.8")
+    g.add_argument("--bn-splits", type=int, default=4,
+                   help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "
+                        "shuffled and encoded in this many groups, the queries in as many groups in order, as MoCo's "
+                        "single-GPU demo; under torchrun the keys are shuffled across processes instead. 1 = off")
     g.add_argument("--moco-momentum", type=float, default=0.999, help="key encoder momentum m")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4,
@@ -857,19 +856,7 @@ def parse_args(argv=None):
                    help="print augment pairs/s, each encoder's forward+backward time at batch 64 and "
                         "the augmentation share of a contrast step on --device, then exit")
     parser.set_defaults(epochs=450, batch_size=64, lr=0.01, out_dir="runs/skeleton_contrast")
-    args, _ = parser.parse_known_args(argv)
-    if args.eval:
-        parser.set_defaults(**EVAL_DEFAULTS[args.eval])
-        if args.data_root is None:
-            parser.set_defaults(**SYNTHETIC_EVAL_PRESET[args.eval], width=SYNTHETIC_PRESET["width"],
-                                frames=SYNTHETIC_PRESET["frames"])
-    elif args.data_root is None:
-        parser.set_defaults(**SYNTHETIC_PRESET)
-    args = parser.parse_args(argv)
-    if isinstance(args.reprs, str):  # defaults given as strings are not converted by argparse
-        args.reprs = _reprs(args.reprs)
-    if isinstance(args.schedule, str):
-        args.schedule = _milestones(args.schedule)
+    args = parse_with_presets(parser, argv, PRESETS)
     if args.prepare and (not args.raw_dir or not args.data_root):
         parser.error(f"--prepare {args.prepare} needs --raw-dir (the raw download) and --data-root "
                      f"(the output folder)")
@@ -932,19 +919,20 @@ def benchmark(args, d, model, optimizer):
 
 
 def pretrain(args, d):
-    check_queue_size(args.queue_size, args.batch_size * d.world_size)
+    check_queue_size(args.queue_size, args.batch_size)
     train_set, _ = dataset_splits(args.data_root)
     loader = make_loader(train_set, args, d, train=True, drop_last=True)
     if len(loader) == 0:
         raise SystemExit(f"{len(train_set)} sequences are too few for a global batch of "
-                         f"{args.batch_size * d.world_size}; lower --batch-size")
+                         f"{args.batch_size}; lower --batch-size")
     d.print(f"{len(train_set)} pretraining sequences, {len(loader)} iterations per epoch, "
             f"representations {'+'.join(args.reprs)}: "
             f"{'intra' if len(args.reprs) == 1 else 'inter'}-skeleton contrast")
 
     model = SkeletonContrast(args.reprs, args.width, queue_size=args.queue_size,
                              momentum=args.moco_momentum, temperature=args.temperature,
-                             shuffle_bn=d.distributed, frames=args.frames, bigru=args.bigru).to(d.device)
+                             shuffle_bn=True, bn_splits=args.bn_splits, frames=args.frames,
+                             bigru=args.bigru).to(d.device)
     for r in args.reprs:
         d.print(f"  f_q^{r.upper()}: {count_parameters(model.encoder_q[r].backbone) / 1e6:.2f}M parameters "
                 f"+ {count_parameters(model.encoder_q[r].head) / 1e6:.2f}M projection head")
@@ -962,9 +950,9 @@ def pretrain(args, d):
         benchmark(args, d, model, optimizer)
         return
 
-    ckpt = resume_training(args.resume, args.out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, args.out_dir, d, model, optimizer, scheduler, scaler, ignore=("save_examples",))
     start_epoch = ckpt["epoch"] + 1 if ckpt else 0
-    progress = Progress(d, args.epochs, len(loader), args.batch_size * d.world_size, args.print_freq)
+    progress = Progress(d, args.epochs, len(loader), args.batch_size, args.print_freq)
     for epoch in range(start_epoch, args.epochs):
         if d.distributed:
             loader.sampler.set_epoch(epoch)
@@ -1081,7 +1069,7 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
     scaler = grad_scaler(d.device, args.amp)
     loader = make_loader(train_set, args, d, train=True)
     val_loader = make_loader(val_set, args, d, train=False)
-    progress = Progress(d, args.epochs, len(loader), args.batch_size * d.world_size, args.print_freq)
+    progress = Progress(d, args.epochs, len(loader), args.batch_size, args.print_freq)
     for epoch in range(args.epochs):
         if d.distributed:
             loader.sampler.set_epoch(epoch)
@@ -1162,7 +1150,7 @@ def run_eval(args, d):
                       parameters=params, label_fraction=args.label_fraction if args.eval == "semi" else None,
                       train_samples=len(train_set), val_samples=len(val_set), args=vars(args))
         name = f"eval_{args.eval}" + (f"_{args.label_fraction:g}" if args.eval == "semi" else "") + \
-            ("_scratch" if args.init == "scratch" else "") + ".json"
+            f"_{'+'.join(reprs)}" + ("_scratch" if args.init == "scratch" else "") + ".json"
         with open(os.path.join(args.out_dir, name), "w") as f:
             json.dump(result, f, indent=1)
         spread = f" +- {top1.std():.2f} over {len(runs)} runs" if len(runs) > 1 else ""
@@ -1191,6 +1179,8 @@ def main(argv=None):
         reuse_freed_cpu_memory()
     os.makedirs(args.out_dir, exist_ok=True)
     d.print(json.dumps(vars(args)))
+    for line in args.presets:
+        d.print(line)
     if args.eval:
         run_eval(args, d)
     else:

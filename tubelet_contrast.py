@@ -11,9 +11,9 @@ this positive pair apart from clips with other tubelets learns motion rather tha
     # one GPU, Mini-Kinetics (Sec 5.4.1: batch 32, queue 16,384)
     python tubelet_contrast.py --data-root data/kinetics --train-list mini_kinetics_train.txt \
         --batch-size 32 --queue-size 16384 --workers 8 --amp --out-dir runs/tubelets_minik
-    # 8 GPUs on one node, Kinetics-400 (global batch 8 x 16 = 128, queue 65,536)
+    # 8 GPUs on one node, Kinetics-400 (--batch-size is the global batch: 128 = 8 x 16, queue 65,536)
     torchrun --nproc_per_node=8 tubelet_contrast.py --data-root data/kinetics \
-        --train-list kinetics400/train.csv --batch-size 16 --workers 8 --amp --out-dir runs/tubelets_k400
+        --train-list kinetics400/train.csv --workers 8 --amp --out-dir runs/tubelets_k400
     # two nodes: the same on each, plus --nnodes=2 --node_rank=R --master_addr=HOST --master_port=29500
 
 Output in --out-dir: checkpoint.pt (resume with --resume auto), log.jsonl (one line per epoch),
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, parse_with_presets,
                            resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch, seed_everything,
                            unwrap)
 from common.moco import MoCo, check_queue_size
@@ -599,11 +599,9 @@ def pretraining_videos(args, d):
             synthetic_video_dataset()
         d.barrier()
         synthetic = synthetic_video_dataset()
-        args.data_root = synthetic["root"]
-        args.train_list = args.train_list or synthetic["train_list"]
-    if args.train_list is None:
-        raise SystemExit("--train-list is required with --data-root (a 'path label' list or the Kinetics-400 CSV)")
-    samples = read_samples(args.train_list, args.data_root)
+        samples = read_samples(synthetic["train_list"], synthetic["root"])
+    else:
+        samples = read_samples(args.train_list, args.data_root)
     if args.data_fraction < 1.0:  # Fig. 5.6: a random subset of the pretraining videos, drawn by --seed
         rng = np.random.RandomState(args.seed)
         keep = int(round(args.data_fraction * len(samples)))
@@ -634,14 +632,14 @@ class EncoderWithHead(nn.Module):
 # CPU-sized values replace the paper's defaults there unless the flag is given explicitly.
 SYNTHETIC_PRESET = dict(epochs=5, batch_size=4, clip_len=8, crop_size=64, patch_size=[8, 32],
                         delta=[20, 40], queue_size=256, workers=2, print_freq=6)
+PRESETS = [("synthetic (no --data-root)", lambda a: a.data_root is None, SYNTHETIC_PRESET)]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Tubelet-contrastive self-supervised pretraining (thesis Ch. 5). Defaults are the "
-                    "thesis's (Sec 5.4.1). Without --data-root the built-in synthetic videos are used and "
-                    "flags not given take a CPU-sized preset: " +
-                    ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SYNTHETIC_PRESET.items()) + ".",
+                    "thesis's (Sec 5.4.1). Without --data-root the built-in synthetic videos are used with "
+                    "the CPU-sized preset below.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser)
     add_augmentation_args(parser)
@@ -653,6 +651,10 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float, default=0.2, help="tau in Eq. 5.1")
     g.add_argument("--moco-momentum", type=float, default=0.999, help="key encoder momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--bn-splits", type=int, default=4,
+                   help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "
+                        "shuffled and encoded in this many groups, the queries in as many groups in order, as MoCo's "
+                        "single-GPU demo; under torchrun the keys are shuffled across processes instead. 1 = off")
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across processes instead of MoCo's shuffle-BN")
     g.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3, 4],
@@ -672,10 +674,11 @@ def parse_args(argv=None):
     g.add_argument("--benchmark-iters", type=int, default=5)
     parser.set_defaults(epochs=100, batch_size=128, lr=0.01, clip_len=16, crop_size=112,
                         out_dir="runs/tubelet_contrast")
-    args, _ = parser.parse_known_args(argv)
-    if args.data_root is None:
-        parser.set_defaults(**SYNTHETIC_PRESET)
-    args = parser.parse_args(argv)
+    args = parse_with_presets(parser, argv, PRESETS)
+    if args.data_root is not None and args.train_list is None:
+        parser.error("--train-list is required with --data-root (a 'path label' list or the Kinetics-400 CSV)")
+    if args.data_root is None and args.train_list is not None:
+        parser.error("--train-list needs --data-root, the folder its paths are relative to")
     if not 0.0 < args.data_fraction <= 1.0:
         parser.error(f"--data-fraction {args.data_fraction} must be in (0, 1]")
     return args
@@ -749,27 +752,30 @@ def main(argv=None):
         reuse_freed_cpu_memory()
     os.makedirs(args.out_dir, exist_ok=True)
     d.print(json.dumps(vars(args)))
-    check_queue_size(args.queue_size, args.batch_size * d.world_size)
+    for line in args.presets:
+        d.print(line)
+    check_queue_size(args.queue_size, args.batch_size)
+    batch_size = d.local_batch(args.batch_size)
 
     # ---- data: uint8 clips decoded on CPU workers, augmented on the device ----
     samples = pretraining_videos(args, d)
     videos = VideoClipDataset(samples, clip_len=args.clip_len, strides=args.strides,
-                              short_side=args.short_side, train=True)
+                              short_side=args.short_side, train=True, max_fail_fraction=args.max_bad_fraction)
     dataset = PairDataset(videos, args.mode)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) \
         if d.distributed else torch.utils.data.RandomSampler(dataset)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
         pin_memory=d.device.type == "cuda", drop_last=True, persistent_workers=args.workers > 0)
     if len(loader) == 0 or len(dataset) < 2:
-        raise SystemExit(f"{len(dataset)} videos are too few for a global batch of "
-                         f"{args.batch_size * d.world_size}; lower --batch-size")
+        raise SystemExit(f"{len(dataset)} videos are too few for a global batch of {args.batch_size}; "
+                         f"lower --batch-size")
     d.print(f"{len(dataset)} pretraining videos, {len(loader)} iterations per epoch")
 
     # ---- model: MoCo around backbone + projection head ----
     model = MoCo(EncoderWithHead(args.backbone), dim=128, queue_size=args.queue_size,
                  momentum=args.moco_momentum, temperature=args.temperature,
-                 shuffle_bn=d.distributed and not args.sync_bn)
+                 shuffle_bn=not args.sync_bn, bn_splits=args.bn_splits)
     if args.sync_bn and d.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)
@@ -789,11 +795,12 @@ def main(argv=None):
         benchmark(args, d, loader, model, optimizer)
         return
 
-    ckpt = resume_training(args.resume, args.out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, args.out_dir, d, model, optimizer, scheduler, scaler,
+                           ignore=("save_examples", "stop_epoch"))  # a resumed run may stop later
     start_epoch = ckpt["epoch"] + 1 if ckpt else 0
 
     # ---- pretraining loop ----
-    progress = Progress(d, args.epochs, len(loader), args.batch_size * d.world_size, args.print_freq)
+    progress = Progress(d, args.epochs, len(loader), args.batch_size, args.print_freq)
     for epoch in range(start_epoch, min(args.epochs, args.stop_epoch or args.epochs)):
         if d.distributed:
             sampler.set_epoch(epoch)

@@ -5,7 +5,9 @@ One code path serves one CPU process, one GPU and N GPUs or nodes:
     python script.py ...                                  # CPU, or the first GPU
     torchrun --nproc_per_node=8 script.py ...             # DDP, one process per GPU
 """
+import argparse
 import contextlib
+import copy
 import ctypes
 import datetime
 import json
@@ -21,36 +23,102 @@ import torch.distributed as dist
 
 # ============ flags every script shares ============
 
-def add_common_args(parser, video=True, data_help=None):
-    """The flags of every script; each script sets its own defaults with `parser.set_defaults`.
-    video=False leaves out the list-file and clip flags (skeleton scripts); data_help replaces the
-    help of --data-root."""
+def add_common_args(parser, video=True, **help):
+    """The flags of every script. A script changes a default with `parser.set_defaults` before
+    parsing (so --help shows it), sets defaults that depend on other flags with the presets of
+    `parse_with_presets`, and words a flag's help its own way with help={dest: text} keywords.
+    video=False leaves out the list-file and clip flags (skeleton data)."""
     g = parser.add_argument_group("data and run")
-    g.add_argument("--data-root", default=None,
-                   help=data_help or "folder the list files' paths are relative to; without it the built-in "
-                                     "synthetic dataset is written (once) and used")
+
+    def add(flag, **kwargs):
+        dest = flag[2:].replace("-", "_")
+        g.add_argument(flag, **dict(kwargs, help=help.pop(dest, kwargs["help"])))
+
+    add("--data-root", default=None, help="folder the list files' paths are relative to; without it the built-in "
+                                          "synthetic dataset is written (once) and used")
     if video:
-        g.add_argument("--train-list", default=None,
-                       help="training list: 'path label' lines, or the Kinetics CSV")
-        g.add_argument("--val-list", default=None, help="validation list, same format")
-    g.add_argument("--out-dir", default="runs/default",
-                   help="checkpoint.pt, log.jsonl (and backbone.pt for pretraining) are written here")
-    g.add_argument("--epochs", type=int, default=100, help="passes over the training list")
-    g.add_argument("--batch-size", type=int, default=32, help="per process; the global batch is this x processes")
-    g.add_argument("--lr", type=float, default=0.01, help="base learning rate")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+        add("--train-list", default=None, help="training list: 'path label' lines, or the Kinetics CSV")
+        add("--val-list", default=None, help="validation list, same format")
+    add("--out-dir", default="runs/default", help="checkpoint.pt, log.jsonl and the result files are written here")
+    add("--epochs", type=int, default=100, help="passes over the training list")
+    add("--batch-size", type=int, default=32,
+        help="the GLOBAL batch (the thesis's): under torchrun each of N processes takes batch-size / N, so the "
+             "same command and --lr reproduce the thesis on any number of GPUs")
+    add("--lr", type=float, default=0.01, help="base learning rate, for the global --batch-size")
+    add("--workers", type=int, default=4, help="DataLoader worker processes per training process")
     if video:
-        g.add_argument("--clip-len", type=int, default=16, help="frames per clip")
-        g.add_argument("--crop-size", type=int, default=112, help="spatial size of the network input")
-    g.add_argument("--seed", type=int, default=0, help="offset by the process rank")
-    g.add_argument("--resume", default="",
-                   help="'auto' continues from OUT_DIR/checkpoint.pt when it exists; or a checkpoint path")
-    g.add_argument("--amp", action="store_true",
-                   help="bf16 (or fp16) autocast on CUDA; ignored on CPU, except by skeleton_contrast.py "
-                        "(bf16 autocast there)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    g.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
+        add("--clip-len", type=int, default=16, help="frames per clip")
+        add("--crop-size", type=int, default=112, help="spatial size of the network input")
+    add("--max-bad-fraction", type=float, default=0.05,
+        help="stop the run when more than this fraction of the file reads failed (corrupt or truncated files "
+             "are reported once each, replaced in training, left out of metrics)")
+    add("--seed", type=int, default=0, help="offset by the process rank")
+    add("--resume", default="",
+        help="'auto' continues from OUT_DIR/checkpoint.pt when it exists (refused when it was written with "
+             "other method or data flags); or a checkpoint path")
+    add("--amp", action="store_true", help="mixed precision: bf16 (or fp16) autocast on CUDA")
+    add("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    add("--print-freq", type=int, default=10, help="iterations between progress lines")
+    assert not help, f"add_common_args has no flags {sorted(help)}"
     return g
+
+
+# ============ presets: defaults that depend on other flags ============
+
+class _Unset:
+    def __repr__(self):
+        return "<not given>"
+
+
+_UNSET = _Unset()
+
+
+def parse_with_presets(parser, argv, presets):
+    """Parses the command line, then applies presets: the one place where a default depends on
+    other flags (the CPU-sized synthetic run, per-protocol schedules).
+
+    presets: [(name, when, values)]: when(args) -> bool is asked with the flags as given plus the
+    add_argument defaults; values {dest: value} replace the defaults of flags NOT given on the
+    command line (a flag the user gives always wins). Later presets override earlier ones. The
+    presets are listed in --help. Returns args with two extra entries: args.given_flags (sorted
+    dests given on the command line) and args.presets (one line per preset applied, to print at
+    the start of the run).
+    """
+    parser.epilog = ("presets (flags given on the command line win): "
+                     + "; ".join(f"{name}: {_describe(values)}" for name, _, values in presets))
+    defaults = vars(parser.parse_args([]))
+    unknown = sorted({k for _, _, values in presets for k in values} - set(defaults))
+    assert not unknown, f"presets name flags the parser does not have: {unknown}"
+    given_ns = parser.parse_args(argv, namespace=argparse.Namespace(**{k: _UNSET for k in defaults}))
+    given = {k for k, v in vars(given_ns).items() if v is not _UNSET}
+    args = argparse.Namespace(**{k: getattr(given_ns, k) if k in given else v for k, v in defaults.items()})
+    args.given_flags = sorted(given)
+    return apply_presets(args, presets)
+
+
+def apply_presets(args, presets):
+    """A copy of args with the presets whose condition holds applied to the flags not in
+    args.given_flags (see `parse_with_presets`; also used to run one configuration of several)."""
+    args = argparse.Namespace(**copy.deepcopy(vars(args)))
+    args.presets = []
+    for name, when, values in presets:
+        if when(args):
+            applied = {k: v for k, v in values.items() if k not in args.given_flags}
+            for k, v in applied.items():
+                setattr(args, k, copy.deepcopy(v))
+            kept = [_flag(k) for k in values if k in args.given_flags]
+            args.presets.append(f"preset {name}: {_describe(applied) or '(nothing)'}"
+                                + (f" (given, kept: {' '.join(kept)})" if kept else ""))
+    return args
+
+
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _describe(values):
+    return " ".join(f"{_flag(k)} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for k, v in values.items())
 
 
 # ============ distributed setup ============
@@ -76,6 +144,14 @@ class Dist:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         self.main = self.rank == 0
+
+    def local_batch(self, global_batch, flag="--batch-size"):
+        """This process's share of a global batch (the convention of every script: --batch-size is
+        the thesis's global batch, split evenly over the torchrun processes)."""
+        if global_batch < self.world_size or global_batch % self.world_size:
+            raise SystemExit(f"{flag} {global_batch} is the global batch: it must be a multiple of the "
+                             f"{self.world_size} processes")
+        return global_batch // self.world_size
 
     def print(self, *args, **kwargs):
         if self.main:
@@ -200,14 +276,43 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def resume_training(resume, out_dir, d, model, optimizer, scheduler, scaler):
+# Flags that say how a run is executed, not what it computes: --resume accepts a change of these.
+# --epochs too: a resumed run may continue to a later end (the milestones stay; a cosine schedule
+# stretches to the new end).
+RUN_FLAGS = frozenset({"workers", "print_freq", "device", "resume", "out_dir", "amp", "max_bad_fraction",
+                       "given_flags", "presets", "epochs"})
+
+
+def check_resume_args(saved, args, path, ignore=(), action="--resume: cannot continue"):
+    """Refuses (SystemExit, one line naming the flags) to continue, overwrite or use a checkpoint
+    written with other method or data flags than `args`; RUN_FLAGS and `ignore` (dests) may differ."""
+    skip = RUN_FLAGS | set(ignore)
+    current = vars(args)
+    missing = "<not recorded>"
+    differ = [k for k in sorted(set(saved) | set(current))
+              if k not in skip and saved.get(k, missing) != current.get(k, missing)]
+    if differ:
+        changes = ", ".join(f"{_flag(k)} {saved.get(k, missing)!r} there, {current.get(k, missing)!r} now"
+                            for k in differ)
+        raise SystemExit(f"{action} {path}, written with other flags ({changes}); give the same flags or "
+                         f"another --out-dir")
+
+
+def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, ignore=()):
     """--resume: restores model (inside DDP or not), optimizer, scheduler and scaler from the
-    checkpoint that `resume_path` names. Returns the checkpoint dict (its 'epoch' is the last one
-    finished), or None when the run starts fresh."""
-    path = resume_path(resume, out_dir)
+    checkpoint that `resume_path` names, after `check_resume_args` (ignore: dests this checkpoint
+    does not depend on). A fresh run refuses to overwrite OUT_DIR/checkpoint.pt of another
+    configuration. Returns the checkpoint dict (its 'epoch' is the last one finished), or None when
+    the run starts fresh."""
+    path = resume_path(args.resume, out_dir)
     if path is None:
+        existing = os.path.join(out_dir, "checkpoint.pt")
+        if os.path.exists(existing):
+            check_resume_args(load_checkpoint(existing).get("args", {}), args, existing, ignore,
+                              action="--out-dir: would overwrite")
         return None
     ckpt = load_checkpoint(path)
+    check_resume_args(ckpt.get("args", {}), args, path, ignore)
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

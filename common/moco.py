@@ -31,16 +31,17 @@ class MoCo(nn.Module):
     queue_size:  number of negatives |N| kept from previous batches (Eq. 5.1).
     momentum:    m in  theta_k <- m * theta_k + (1 - m) * theta_q; 0.999 as in MoCo.
     temperature: tau in Eq. 5.1 (0.2 for tubelet contrast, 0.07 for skeleton contrast).
-    shuffle_bn:  shuffle the key batch across processes before the key encoder so BatchNorm
-                 cannot use batch statistics to cheat (MoCo Sec 3.3). A no-op in one process;
-                 turn it off when the encoders use SyncBatchNorm instead.
+    shuffle_bn:  keep BatchNorm from carrying the batch into the contrast (MoCo Sec 3.3): under
+                 torchrun the key batch is shuffled across processes; in one process it is shuffled
+                 and encoded in `bn_splits` groups, queries in the same number of groups in order
+                 (MoCo's single-GPU demo). Turn it off when the encoders use SyncBatchNorm instead.
     """
 
     def __init__(self, encoder, dim=128, queue_size=65536, momentum=0.999, temperature=0.2,
-                 shuffle_bn=True):
+                 shuffle_bn=True, bn_splits=1):
         super().__init__()
         self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
-        self.shuffle_bn = shuffle_bn
+        self.shuffle_bn, self.bn_splits = shuffle_bn, bn_splits
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         for p in self.encoder_k.parameters():
@@ -48,47 +49,86 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
-    @torch.no_grad()
-    def _momentum_update_key_encoder(self):
-        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1.0 - self.momentum)
-
-    @torch.no_grad()
-    def _dequeue_and_enqueue(self, keys):
-        keys = concat_all_gather(keys)
-        batch_size = keys.shape[0]
-        ptr = int(self.queue_ptr)
-        assert self.queue_size % batch_size == 0, "queue size must be divisible by the global batch"
-        self.queue[:, ptr:ptr + batch_size] = keys.T
-        self.queue_ptr[0] = (ptr + batch_size) % self.queue_size
-
     def forward(self, x_q, x_k):
         """x_q, x_k: the two views of each positive pair, (B, ...) each.
 
         Returns (logits, labels): logits (B, 1 + queue_size) with the positive first, so the
         InfoNCE loss of Eq. 5.1 is `F.cross_entropy(logits, labels)` with labels all zero.
         """
-        q = F.normalize(self.encoder_q(x_q), dim=1)
+        splits = self.bn_splits if self.shuffle_bn else 1
+        q = F.normalize(encode_queries(self.encoder_q, x_q, splits).float(), dim=1)
         with torch.no_grad():
-            self._momentum_update_key_encoder()
-            if self.shuffle_bn:
-                x_k, idx_unshuffle = batch_shuffle(x_k)
-            k = F.normalize(self.encoder_k(x_k), dim=1)
-            if self.shuffle_bn:
-                k = batch_unshuffle(k, idx_unshuffle)
-        l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ self.queue.clone().detach()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+            momentum_update(self.encoder_q, self.encoder_k, self.momentum)
+            k = F.normalize(encode_keys([self.encoder_k], x_k, self.shuffle_bn, splits)[0].float(), dim=1)
+        logits = contrast_logits(q, k, self.queue, self.temperature)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        self._dequeue_and_enqueue(k)
+        self.queue_ptr[0] = enqueue(self.queue, int(self.queue_ptr), k)
         return logits, labels
+
+
+# ============ the pieces, also used by skeleton_contrast.py's one queue per representation ============
+
+@torch.no_grad()
+def momentum_update(encoder_q, encoder_k, momentum):
+    """theta_k <- m * theta_k + (1 - m) * theta_q, on the real parameters."""
+    for p_q, p_k in zip(encoder_q.parameters(), encoder_k.parameters()):
+        p_k.mul_(momentum).add_(p_q.detach(), alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def enqueue(queue, ptr, keys):
+    """Writes the keys of every process (B_global, dim) into queue (dim, K) at ptr; returns the new ptr."""
+    keys = concat_all_gather(keys)
+    assert queue.shape[1] % keys.shape[0] == 0, "queue size must be divisible by the global batch"
+    queue[:, ptr:ptr + keys.shape[0]] = keys.T.to(queue.dtype)
+    return (ptr + keys.shape[0]) % queue.shape[1]
+
+
+def contrast_logits(q, k, queue, temperature):
+    """InfoNCE logits (B, 1 + K), positive first: [q.k, q.queue] / tau for L2-normalised q, k (B, dim).
+
+    Always fp32: under autocast q @ queue would come out bf16 (3 significant digits), coarser than
+    the gaps between the similarities of 65,536 negatives at tau = 0.07."""
+    with torch.autocast(q.device.type, enabled=False):
+        q, k = q.float(), k.float()
+        l_pos = (q * k).sum(dim=1, keepdim=True)
+        l_neg = q @ queue.clone().detach().float()
+        return torch.cat([l_pos, l_neg], dim=1) / temperature
+
+
+def single_process():
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
+
+
+def encode_queries(encoder_q, x_q, bn_splits=1):
+    """encoder_q(x_q); in one process with bn_splits > 1 in that many groups, in order, so that
+    BatchNorm sees the groups a key group is shuffled against (one group = one simulated GPU)."""
+    if bn_splits > 1 and single_process() and len(x_q) > 1:
+        return torch.cat([encoder_q(part) for part in x_q.chunk(bn_splits)])
+    return encoder_q(x_q)
+
+
+@torch.no_grad()
+def encode_keys(encoders_k, x_k, shuffle_bn=True, bn_splits=1):
+    """[encoder(x_k) for encoder in encoders_k] with shuffle-BN (MoCo Sec 3.3), one shuffle for all:
+    across processes under torchrun; in one process, where shuffling alone changes nothing for
+    BatchNorm, the shuffled batch is encoded in bn_splits groups (MoCo's single-GPU demo)."""
+    if not shuffle_bn or (single_process() and (bn_splits <= 1 or len(x_k) < 2)):
+        return [encoder(x_k) for encoder in encoders_k]
+    if single_process():
+        perm = torch.randperm(len(x_k), device=x_k.device)
+        unshuffle = torch.argsort(perm)
+        return [torch.cat([encoder(part) for part in x_k[perm].chunk(bn_splits)])[unshuffle]
+                for encoder in encoders_k]
+    x_k, idx_unshuffle = batch_shuffle(x_k)
+    return [batch_unshuffle(encoder(x_k), idx_unshuffle) for encoder in encoders_k]
 
 
 @torch.no_grad()
 def batch_shuffle(x):
     """Shuffle a batch across all processes (shuffle-BN, MoCo Sec 3.3); returns (this process's
     part, the index that undoes it with `batch_unshuffle`). In a single process it permutes the
-    batch locally, which changes nothing for BatchNorm but keeps one code path."""
+    batch locally, which changes nothing for BatchNorm: `encode_keys` splits it into groups there."""
     x_all = concat_all_gather(x)
     n_all, n = x_all.shape[0], x.shape[0]
     idx_shuffle = torch.randperm(n_all, device=x.device)

@@ -175,8 +175,34 @@ def _check_exists(path, what):
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
+def drop_missing(samples, what):
+    """The samples (path first in each tuple) whose file or folder is on disk, in order.
+
+    Incomplete downloads (FineGym, Kinetics, SSv2) are the common case: the others are left out
+    here, before any subset is drawn, and reported once (count and the first names). Each folder
+    is listed once, so a list of 200k videos costs a few directory reads, not 200k stats.
+    """
+    listed = {}
+
+    def on_disk(path):
+        folder, name = os.path.split(os.path.normpath(path))
+        if folder not in listed:
+            listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        return name in listed[folder]
+
+    kept = [s for s in samples if on_disk(s[0])]
+    missing = [s[0] for s in samples if not on_disk(s[0])]
+    if missing and not kept:
+        raise FileNotFoundError(f"{what}: none of its {len(samples)} files is on disk (the first: {missing[0]})")
+    if missing and os.environ.get("RANK", "0") == "0":
+        print(f"{what}: {len(missing)} of {len(samples)} files are not on disk and are left out: "
+              f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}", file=sys.stderr, flush=True)
+    return kept
+
+
 def read_video_list(list_path, root):
-    """[(root/path, label)] from an mmaction2-style list file.
+    """[(root/path, label)] from an mmaction2-style list file, videos not on disk left out
+    (`drop_missing`).
 
     Accepted lines: 'path label', 'path' (label -1, e.g. UCF101 test lists) and the rawframe
     style 'path num_frames label'.
@@ -198,7 +224,7 @@ def read_video_list(list_path, root):
                 raise ValueError(f"{list_path}:{lineno}: label (or num_frames) is not an integer: "
                                  f"{line.strip()!r}") from None
             samples.append((os.path.join(root, fields[0]), numbers[-1] if numbers else -1))
-    return samples
+    return drop_missing(samples, list_path)
 
 
 def read_kinetics_csv(csv_path, root, split_dir=None):
@@ -295,8 +321,33 @@ class BadVideoCounter:
         if reads >= self.min_reads and failures > self.max_fraction * reads:
             raise RuntimeError(
                 f"{failures} of {reads} video reads failed ({100 * failures / reads:.1f}%, "
-                f"more than the allowed {100 * self.max_fraction:.1f}%); check the dataset: "
+                f"more than the allowed {100 * self.max_fraction:.1f}% of --max-bad-fraction); check the dataset: "
                 f"list file paths, root folder, corrupt or empty files (warnings above name them)")
+
+
+# Errors of a file that cannot be read or decoded: PyAV's (as VideoReadError), the OS's and those of
+# torchvision's image decoders (RuntimeError) and numpy's loaders (ValueError, EOFError).
+READ_ERRORS = (VideoReadError, OSError, ValueError, RuntimeError, EOFError)
+
+
+def read_or_replace(read, i, num_items, path_of, counter, rng, max_retries=10, errors=READ_ERRORS):
+    """read(i), or read(j) of a random other item j when item i's file cannot be read: the failure is
+    reported once per path and counted in `counter`, which stops the run above its max_fraction.
+    The one bad-file policy of every training dataset. Returns (read's result, index read)."""
+    for _ in range(max_retries + 1):
+        try:
+            result = read(i)
+        except errors as err:
+            counter.record_failure(path_of(i), err)
+            counter.check()
+            if num_items > 1:  # a random other item, never i itself
+                i = (i + 1 + int(rng.integers(num_items - 1))) % num_items
+            continue
+        counter.record_ok()
+        counter.check()
+        return result, i
+    raise RuntimeError(f"{max_retries + 1} files in a row could not be read, the last one {path_of(i)}; "
+                       f"check the dataset")
 
 
 # ============ dataset ============
@@ -347,22 +398,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def _read(self, i, sample_indices, rng):
         """(frames, label, i, frame indices) of video i at sample_indices(num_frames), or of a random
         replacement video."""
-        for _ in range(self.max_retries + 1):
-            path, label = self.samples[i]
-            try:
-                indices = sample_indices(self.num_frames(i))
-                frames = read_clip(path, indices, self.short_side)
-            except VideoReadError as err:
-                self.counter.record_failure(path, err)
-                self.counter.check()
-                if len(self) > 1:  # a random other video, never i itself
-                    i = (i + 1 + int(rng.integers(len(self) - 1))) % len(self)
-                continue
-            self.counter.record_ok()
-            self.counter.check()
-            return torch.from_numpy(frames), label, i, indices
-        raise RuntimeError(f"{self.max_retries + 1} videos in a row could not be read, the last "
-                           f"one {path}; check the dataset")
+        def read(j):
+            indices = sample_indices(self.num_frames(j))
+            return read_clip(self.samples[j][0], indices, self.short_side), indices
+
+        (frames, indices), i = read_or_replace(read, i, len(self), lambda j: self.samples[j][0], self.counter,
+                                               rng, self.max_retries, errors=(VideoReadError,))
+        return torch.from_numpy(frames), self.samples[i][1], i, indices
 
     def load(self, i, start=None, stride=None, rng=None):
         """(clip uint8 (T, H, W, 3), label, index actually read) for one clip of video i.

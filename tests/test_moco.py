@@ -67,3 +67,31 @@ def test_queue_size_must_be_divisible_by_global_batch():
     check_queue_size(65536, 128)
     with pytest.raises(ValueError, match="--queue-size 100 is not divisible by the global batch size 8"):
         check_queue_size(100, 8)
+
+
+def test_logits_are_fp32_under_autocast():
+    from common.moco import contrast_logits
+    torch.manual_seed(0)
+    q, k = nn.functional.normalize(torch.randn(4, 16), dim=1), nn.functional.normalize(torch.randn(4, 16), dim=1)
+    queue = nn.functional.normalize(torch.randn(16, 64), dim=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = contrast_logits(q, k, queue, 0.07)
+        bf16 = (q @ queue) / 0.07  # what the autocast matmul gives
+    exact = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], 1) / 0.07
+    assert logits.dtype == torch.float32 and torch.allclose(logits, exact, atol=1e-5)
+    assert bf16.dtype == torch.bfloat16 and (bf16.float() - exact[:, 1:]).abs().max() > 1e-3
+
+
+def test_one_process_shuffle_bn_encodes_keys_in_groups():
+    """In one process shuffling alone changes nothing for BatchNorm: the keys are encoded in groups."""
+    from common.moco import encode_keys, encode_queries
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3, affine=False, eps=1e-8).train()
+    x = torch.randn(8, 3)
+    whole = encode_keys([bn], x, shuffle_bn=True, bn_splits=1)[0]
+    pairs = encode_keys([bn], x, shuffle_bn=True, bn_splits=4)[0]
+    assert torch.allclose(whole, bn(x))
+    assert torch.allclose(pairs.abs(), torch.ones_like(pairs), atol=1e-4)  # BatchNorm over 2 samples: +-1
+    assert not torch.allclose(whole.abs(), torch.ones_like(whole), atol=1e-2)
+    ordered = encode_queries(bn, x, bn_splits=4)  # queries: the same number of groups, in order
+    assert torch.allclose(ordered[:2], bn(x[:2]), atol=1e-5)

@@ -75,7 +75,7 @@ def test_other_tasks_run_end_to_end(setup, metric, tmp_path):
 def test_frozen_feature_tasks(task, metric, pretrained, tmp_path):
     out = str(tmp_path / task)
     run(["--setup", "ucf101", "--task", task, *TINY, "--checkpoint", pretrained, "--out-dir", out])
-    r = result(out, "ucf101")
+    r = result(out, "ucf101", task)
     assert r["metric_name"] == metric and 0 <= r["value"] <= 100
 
 

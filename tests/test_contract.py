@@ -1,0 +1,258 @@
+"""The contract every script keeps (README, "Shared flags"): presets never beat a flag that was
+given, resume refuses other method flags, missing files are dropped when a list is read, unreadable
+files are reported and left out of metrics, every input is checked before training, and
+--batch-size is the global batch under torchrun."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+ANNOTATIONS = os.path.join(REPO, "..", "shared", "data", "annotations")
+
+import distill_modality  # noqa: E402
+import severe_eval  # noqa: E402
+import skeleton_contrast  # noqa: E402
+import tubelet_contrast  # noqa: E402
+from common import engine  # noqa: E402
+from common.synthetic import write_avi  # noqa: E402
+from common.video import drop_missing  # noqa: E402
+
+
+def run(script, args, check=True, timeout=900):
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+# ============ a flag given wins over every preset ============
+
+# argv that switch each preset on: the synthetic runs, per-protocol / per-target / per-setup presets
+TRIGGERS = {
+    tubelet_contrast: [[]],
+    skeleton_contrast: [[]] + [["--eval", e, "--checkpoint", "c.pt"] + extra
+                                                     for e in skeleton_contrast.EVAL_DEFAULTS
+                                                     for extra in ([], ["--data-root", "x"])],
+    distill_modality: [[], ["--target", "skeleton"], ["--data-root", "x"], ["--target", "skeleton", "--data-root", "x"]],
+    severe_eval: [["--setup", s, "--protocol", p] + extra for s in severe_eval.SETUPS for p in ("finetune", "linear")
+                  for extra in ([], ["--data-root", "x"])],
+}
+CHOICES = dict(depth_crop={"actors": "frame", "frame": "actors"}, granularity={"combined": "video2clip"})
+
+
+def other_value(key, value):
+    """A command-line value unlike `value` (the preset's): (argv tokens, parsed value)."""
+    if isinstance(value, bool):
+        return None
+    if key == "seeds":  # distill_modality's comma list
+        return ["5"], [5]
+    if isinstance(value, int):
+        return [str(value + 3)], value + 3
+    if isinstance(value, float):
+        return [repr(value * 3 + 0.5)], value * 3 + 0.5
+    if isinstance(value, list):
+        new = [v + 1 for v in value] or [7]
+        if key == "schedule":  # skeleton_contrast's comma list
+            return [",".join(map(str, new))], new
+        return [str(v) for v in new], new
+    if key in CHOICES and value in CHOICES[key]:
+        return [CHOICES[key][value]], CHOICES[key][value]
+    return None
+
+
+@pytest.mark.parametrize("script", list(TRIGGERS), ids=lambda m: m.__name__)
+def test_a_given_flag_wins_over_every_preset(script):
+    checked = 0
+    for trigger in TRIGGERS[script]:
+        base = script.parse_args(trigger)
+        applied = {k for name, when, values in script.PRESETS if when(base) for k in values}
+        assert base.presets, f"{trigger} switched no preset on"
+        for key in sorted(applied - set(base.given_flags)):
+            alt = other_value(key, getattr(base, key))
+            if alt is None:  # store_true flags cannot be given as False
+                assert isinstance(getattr(base, key), bool) or key == "granularity", key
+                continue
+            tokens, expected = alt
+            args = script.parse_args(trigger + ["--" + key.replace("_", "-"), *tokens])
+            assert getattr(args, key) == expected, (script.__name__, trigger, key)
+            checked += 1
+    assert checked >= 5
+
+
+def test_help_lists_the_presets(capsys):
+    with pytest.raises(SystemExit):
+        tubelet_contrast.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "presets (flags given on the command line win)" in out and "--queue-size 256" in out
+
+
+def test_distill_epochs_sets_every_stage_over_the_preset():
+    """The bug: --epochs 1 on the synthetic data trained the teacher 24 epochs and finetuned 60."""
+    args = distill_modality.parse_args(["--epochs", "1"])
+    assert (args.teacher_epochs, args.transfer_epochs, args.finetune_epochs) == (1, 1, 1)
+    args = distill_modality.parse_args(["--epochs", "1", "--finetune-epochs", "3"])
+    assert (args.teacher_epochs, args.transfer_epochs, args.finetune_epochs) == (1, 1, 3)
+    args = distill_modality.parse_args(["--target", "skeleton", "--data-root", "x"])  # Sec 2.4.3, no None left
+    assert (args.batch_size, args.transfer_epochs, args.finetune_epochs, args.weight_decay) == (100, 120, 70, 1e-5)
+
+
+def test_no_default_is_left_none_for_the_schedule():
+    for argv in (["--data-root", "x"], ["--data-root", "x", "--setup", "charades"], ["--setup", "all", "--data-root", "x"]):
+        args = severe_eval.parse_args(argv)
+        assert None not in (args.batch_size, args.epochs, args.lr, args.clip_len, args.weight_decay, args.milestones)
+    all_setups = severe_eval.parse_args(["--setup", "all", "--data-root", "x", "--lr", "0.5"])
+    charades = engine.apply_presets(argparse.Namespace(**{**vars(all_setups), "setup": "charades"}), severe_eval.PRESETS)
+    assert (charades.batch_size, charades.epochs, charades.lr) == (16, 57, 0.5)  # the setup's, --lr given wins
+
+
+# ============ resume and out-dir ============
+
+def _saved_run(tmp_path, **flags):
+    args = argparse.Namespace(lr=0.1, granularity="clip2clip", workers=4, resume="", given_flags=[], presets=[],
+                              epochs=2, **flags)
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    d = engine.Dist("cpu")
+    engine.save_epoch(d, str(tmp_path), dict(epoch=0), model, opt, sched, scaler, 0, args)
+    return args, (d, model, opt, sched, scaler)
+
+
+def test_resume_refuses_a_changed_method_flag_and_accepts_a_changed_worker_count(tmp_path, capsys):
+    args, parts = _saved_run(tmp_path)
+    changed = argparse.Namespace(**{**vars(args), "granularity": "video2clip", "resume": "auto"})
+    with pytest.raises(SystemExit, match=r"--resume: cannot continue .*--granularity 'clip2clip' there, "
+                                         r"'video2clip' now"):
+        engine.resume_training(changed, str(tmp_path), *parts)
+    fresh = argparse.Namespace(**{**vars(args), "lr": 0.2})  # no --resume: would overwrite another run
+    with pytest.raises(SystemExit, match=r"--out-dir: would overwrite .*--lr 0.1 there, 0.2 now"):
+        engine.resume_training(fresh, str(tmp_path), *parts)
+    ok = argparse.Namespace(**{**vars(args), "workers": 16, "resume": "auto", "epochs": 5, "given_flags": ["workers"]})
+    ckpt = engine.resume_training(ok, str(tmp_path), *parts)
+    assert ckpt["epoch"] == 0 and "resumed from" in capsys.readouterr().out
+
+
+# ============ torchrun: --batch-size is the global batch ============
+
+def test_local_batch_splits_the_global_batch():
+    d = engine.Dist("cpu")
+    d.world_size = 4
+    assert d.local_batch(128) == 32
+    with pytest.raises(SystemExit, match="--batch-size 30 is the global batch: it must be a multiple of the 4"):
+        d.local_batch(30)
+
+
+# ============ missing and corrupt files ============
+
+def test_missing_files_are_dropped_and_reported_once(tmp_path, capsys):
+    for name in ("a.avi", "c.avi"):
+        (tmp_path / name).write_bytes(b"x")
+    samples = [(str(tmp_path / n), k) for k, n in enumerate(["a.avi", "b.avi", "c.avi", "d.avi"])]
+    assert drop_missing(samples, "list.txt") == [samples[0], samples[2]]
+    err = capsys.readouterr().err
+    assert err.count("2 of 4 files are not on disk") == 1 and "b.avi" in err and "d.avi" in err
+    with pytest.raises(FileNotFoundError, match="none of its 1 files is on disk"):
+        drop_missing([(str(tmp_path / "zz.avi"), 0)], "list.txt")
+
+
+def _ucf101_miniature(root, ann, train_videos=32, test_videos=26, missing=4):
+    """The official UCF101 split files (../shared) and the first videos of two classes of each split
+    written as tiny .avi files in the released <Class>/v_<Class>_gXX_cYY.avi layout: `missing` test
+    videos not on disk and one truncated. The other ~13,000 listed videos are missing as well."""
+    os.makedirs(ann / "ucf101")
+    for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt"):
+        src = os.path.join(ANNOTATIONS, "ucf101", name)
+        (ann / "ucf101" / name).write_bytes(open(src, "rb").read())
+
+    def listed(name, count):
+        lines = [l.split()[0] for l in open(os.path.join(ANNOTATIONS, "ucf101", name)) if l.strip()]
+        first, second = [l for l in lines if l.startswith("ApplyEyeMakeup/")], [l for l in lines if l.startswith("ApplyLipstick/")]
+        return first[:count // 2] + second[:count - count // 2]
+
+    rng = np.random.default_rng(0)
+    written = []
+    for k, rel in enumerate(listed("trainlist01.txt", train_videos) + listed("testlist01.txt", test_videos)[missing:]):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames = rng.integers(0, 255, (12, 32, 40, 3), dtype=np.uint8)
+        frames[:, :, : 20 if "Eye" in rel else 40] //= 4  # the two classes differ a little
+        write_avi(str(path), frames)
+        written.append(path)
+    truncated = written[-1]
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    return listed("testlist01.txt", test_videos)[:missing], truncated
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ANNOTATIONS, "ucf101")), reason="needs ../shared annotations")
+def test_severe_readme_command_on_a_ucf101_miniature(tmp_path):
+    """The README's UCF101 command (no --batch-size: the setup's 32), only size flags added, on the
+    real split files with videos missing and one truncated: it trains, evaluates and writes results."""
+    root, ann = tmp_path / "ucf101", tmp_path / "annotations"
+    missing, truncated = _ucf101_miniature(root, ann)
+    out = tmp_path / "run"
+    proc = run("severe_eval.py", ["--setup", "ucf101", "--data-root", str(root), "--ann-root", str(ann),
+                                  "--out-dir", str(out), "--epochs", "1", "--clip-len", "4", "--crop-size", "32",
+                                  "--num-test-clips", "2", "--workers", "0", "--device", "cpu"])
+    assert "test split" in proc.stderr and missing[0] in proc.stderr  # dropped when the list was read
+    assert f"skipping unreadable video {truncated}" in proc.stderr
+    r = json.load(open(out / "results_ucf101_finetune.json"))
+    assert r["test_videos_listed"] == 22 and r["unreadable_test_videos"] == 1 and r["test_videos"] == 21
+    assert r["args"]["batch_size"] == 32 and r["epochs"] == 1
+    # resuming with another method flag is refused before any training; another --workers resumes
+    refused = run("severe_eval.py", ["--setup", "ucf101", "--data-root", str(root), "--ann-root", str(ann),
+                                     "--out-dir", str(out), "--epochs", "1", "--clip-len", "4", "--crop-size", "32",
+                                     "--num-test-clips", "2", "--workers", "0", "--device", "cpu", "--lr", "0.1",
+                                     "--resume", "auto"], check=False)
+    assert refused.returncode != 0 and "--lr 0.0001 there, 0.1 now" in refused.stderr
+
+
+def test_severe_checks_every_setup_before_training(tmp_path):
+    """--setup all: a missing annotation file of a later setup stops the run before the first trains."""
+    proc = run("severe_eval.py", ["--setup", "all", "--data-root", str(tmp_path), "--ann-root", str(tmp_path),
+                                  "--device", "cpu"], check=False)
+    assert proc.returncode != 0 and "epoch" not in proc.stdout
+
+
+# ============ distill_modality.py: inputs checked first, unreadable files ============
+
+def test_distill_refuses_missing_target_folders_before_the_teacher_trains(tmp_path):
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "flow").mkdir()
+    proc = run("distill_modality.py", ["--rgb-dir", str(tmp_path / "rgb"), "--flow-dir", str(tmp_path / "flow"),
+                                       "--depth-dir", str(tmp_path / "nodepth"), "--out-dir", str(tmp_path / "o"),
+                                       "--device", "cpu"], check=False)
+    assert proc.returncode != 0 and f"--depth-dir {tmp_path / 'nodepth'}: no such folder" in proc.stderr
+    proc = run("distill_modality.py", ["--target", "skeleton", "--rgb-dir", str(tmp_path / "rgb"), "--flow-dir",
+                                       str(tmp_path / "flow"), "--out-dir", str(tmp_path / "o"), "--device", "cpu"],
+               check=False)
+    assert proc.returncode != 0 and "--skeleton-dir is needed for the skeleton student" in proc.stderr
+    assert not (tmp_path / "o" / "teacher").exists()
+
+
+def test_distill_clips_replace_a_truncated_video_in_training_and_leave_it_out_in_evaluation(tmp_path, capsys):
+    from common.video import BadVideoCounter
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"S001C001P001R001A06{k + 1}_rgb.avi"
+        write_avi(str(path), rng.integers(0, 255, (10, 24, 32, 3), dtype=np.uint8))
+        paths.append(path)
+    paths[1].write_bytes(paths[1].read_bytes()[:300])  # truncated
+    items = [(str(p), k) for k, p in enumerate(paths)]
+    counter = BadVideoCounter(max_fraction=0.5, min_reads=100)
+    train = distill_modality.Clips(items, "rgb", 4, 24, train=True, counter=counter)
+    item = train[1]
+    assert item["index"] != 1 and item["clip"].shape == (4, 24, 24, 3) and counter.failures == 1
+    evaluation = distill_modality.Clips(items, "rgb", 4, 24, train=False)
+    assert evaluation[1]["clip"].numel() == 0 and evaluation[0]["clip"].shape[1:] == (4, 24, 24, 3)
+    assert f"skipping unreadable video {paths[1]}" in capsys.readouterr().err
