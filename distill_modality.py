@@ -806,7 +806,9 @@ _FINETUNE_FLAGS = _EVAL_FLAGS | {"init", "per_class", "label_fraction", "finetun
 _TRANSFER_FLAGS = _FINETUNE_FLAGS | {"granularity", "loss", "match_layers", "teacher_clips", "student_checkpoint",
                                      "transfer_epochs", "weight_decay", "target", "depth_dir", "skeleton_dir",
                                      "stgcn_width", "skeleton_frames", "depth_crop", "protocol"}
-STAGE_INDEPENDENT = dict(teacher=_TRANSFER_FLAGS, transfer=_FINETUNE_FLAGS, finetune=_EVAL_FLAGS)
+# A resumed stage may train on to a later end (its own --*-epochs), as --epochs may elsewhere.
+STAGE_INDEPENDENT = dict(teacher=_TRANSFER_FLAGS | {"teacher_epochs"}, transfer=_FINETUNE_FLAGS | {"transfer_epochs"},
+                         finetune=_EVAL_FLAGS | {"finetune_epochs"})
 
 
 def fit(args, d, out_dir, model, params, loader, epochs, weight_decay, batch_loss, set_train_mode, tag):

@@ -196,8 +196,8 @@ def reuse_freed_cpu_memory():
     """Asks glibc to keep freed memory for reuse instead of returning every large block to the OS.
 
     glibc maps each allocation above 32 MiB afresh and unmaps it when freed, so a CPU batch pays for
-    its page faults again on every call; on virtual machines a fault costs microseconds, and
-    tubelet_contrast.py's make_views with batch 32 ran 2x slower for it. Process-wide and
+    its page faults again on every call; on virtual machines a fault costs microseconds, and a
+    batched CPU augmentation of 32 clips ran 2x slower for it. Process-wide and
     idempotent; the training scripts call it when they run on the CPU. Returns whether it took
     effect (False without glibc).
     """

@@ -1,6 +1,6 @@
 """Momentum contrast (He et al., CVPR 2020), in the shape of the original MoCo builder.
 
-Used by tubelet_contrast.py (Eq. 5.1) and skeleton_contrast.py (Eq. 3.5). The thesis's
+Used by the tubelet (Eq. 5.1) and skeleton (Eq. 3.5) contrast scripts. The thesis's
 InfoNCE loss (Eq. 5.1) needs many negatives; MoCo keeps them in a queue of keys produced by a
 slowly moving copy of the query encoder, so the number of negatives |N| (16,384 or 65,536 in
 Sec 5.4.1) does not depend on the batch size.
@@ -66,7 +66,7 @@ class MoCo(nn.Module):
         return logits, labels
 
 
-# ============ the pieces, also used by skeleton_contrast.py's one queue per representation ============
+# ============ the pieces, also for models with one queue per representation ============
 
 @torch.no_grad()
 def momentum_update(encoder_q, encoder_k, momentum):

@@ -518,7 +518,7 @@ def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per
 # ============ synthetic paired modalities (NTU RGB+D on-disk layout, Chapter 2) ============
 # A stand-in for NTU RGB+D with every modality of one performance: RGB video, masked depth,
 # optical flow and skeleton, written where and how the real dataset (and the usual TV-L1 flow
-# extraction) puts them, so distill_modality.py's readers are exercised as on real data.
+# extraction) puts them, so the modality-transfer readers are exercised as on real data.
 
 def write_png16(path, array):
     """Writes a (H, W) uint16 array as a 16-bit grayscale PNG (colour type 0, bit depth 16).

@@ -309,6 +309,10 @@ class BadVideoCounter:
     def record_ok(self):
         self.counts[self._row(), 0] += 1
 
+    def known_bad(self, path):
+        """Whether `path` already failed in this process (it is not read or counted again)."""
+        return path in self._warned
+
     def record_failure(self, path, err):
         self.counts[self._row(), 1] += 1
         if path not in self._warned:
@@ -332,9 +336,13 @@ READ_ERRORS = (VideoReadError, OSError, ValueError, RuntimeError, EOFError)
 
 def read_or_replace(read, i, num_items, path_of, counter, rng, max_retries=10, errors=READ_ERRORS):
     """read(i), or read(j) of a random other item j when item i's file cannot be read: the failure is
-    reported once per path and counted in `counter`, which stops the run above its max_fraction.
+    reported and counted once per path in `counter`, which stops the run above its max_fraction (of
+    the files read); a known bad file is replaced without reading it again.
     The one bad-file policy of every training dataset. Returns (read's result, index read)."""
     for _ in range(max_retries + 1):
+        if counter.known_bad(path_of(i)) and num_items > 1:  # replaced again without reading or counting
+            i = (i + 1 + int(rng.integers(num_items - 1))) % num_items
+            continue
         try:
             result = read(i)
         except errors as err:

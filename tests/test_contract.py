@@ -220,7 +220,8 @@ def test_severe_checks_every_setup_before_training(tmp_path):
     """--setup all: a missing annotation file of a later setup stops the run before the first trains."""
     proc = run("severe_eval.py", ["--setup", "all", "--data-root", str(tmp_path), "--ann-root", str(tmp_path),
                                   "--device", "cpu"], check=False)
-    assert proc.returncode != 0 and "epoch" not in proc.stdout
+    assert proc.returncode != 0 and "something-something-v2-labels.json" in proc.stderr
+    assert "epoch 0 [" not in proc.stdout
 
 
 # ============ distill_modality.py: inputs checked first, unreadable files ============
@@ -256,3 +257,33 @@ def test_distill_clips_replace_a_truncated_video_in_training_and_leave_it_out_in
     evaluation = distill_modality.Clips(items, "rgb", 4, 24, train=False)
     assert evaluation[1]["clip"].numel() == 0 and evaluation[0]["clip"].shape[1:] == (4, 24, 24, 3)
     assert f"skipping unreadable video {paths[1]}" in capsys.readouterr().err
+
+
+def test_tubelet_readme_command_on_a_kinetics_csv_miniature(tmp_path, capfd):
+    """The README's Mini-Kinetics command (batch 32, queue 16,384) with only size flags added, on the
+    official Kinetics-400 CSV layout: <label>/<youtube_id>_<start>_<end>.mp4, two listed videos
+    not downloaded and one truncated."""
+    from common.synthetic import write_mp4
+    root = tmp_path / "kinetics"
+    rows, rng = [], np.random.default_rng(0)
+    for k in range(34):
+        label, vid = ("abseiling", "air drumming")[k % 2], f"vid{k:08d}xyz"
+        rows.append(f"{label},{vid},{10 * k},{10 * k + 10},train")
+        if k in (5, 6):  # deleted from YouTube
+            continue
+        path = root / label / f"{vid}_{10 * k:06d}_{10 * k + 10:06d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(str(path), rng.integers(0, 255, (12, 32, 40, 3), dtype=np.uint8))
+    truncated = path
+    truncated.write_bytes(truncated.read_bytes()[:400])
+    (root / "kinetics400").mkdir()
+    csv = root / "kinetics400" / "train.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    proc = run("tubelet_contrast.py", ["--data-root", str(root), "--train-list", str(csv), "--batch-size", "32",
+                                       "--queue-size", "16384", "--out-dir", str(out), "--epochs", "1",
+                                       "--clip-len", "4", "--crop-size", "32", "--workers", "0", "--device", "cpu"])
+    assert "2 of 34 videos not found" in proc.stderr and f"skipping unreadable video {truncated}" in proc.stderr
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert len(log) == 1 and log[0]["bad_videos"] >= 1 and np.isfinite(log[0]["loss"])
+    assert (out / "backbone.pt").is_file()

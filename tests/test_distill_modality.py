@@ -158,7 +158,7 @@ def test_torchrun_two_processes(data, teacher, tmp_path):
     out = str(tmp_path / "ddp")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29521",
-         "distill_modality.py", *TINY, *flags(data), "--batch-size", "2", "--per-class", "2",
+         "distill_modality.py", *TINY, *flags(data), "--batch-size", "4", "--per-class", "2",
          "--teacher-checkpoint", teacher, "--granularity", "combined", "--out-dir", out],
         cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,3 +169,40 @@ def test_torchrun_two_processes(data, teacher, tmp_path):
     assert result["val_videos"] == 6
     pred = torch.load(os.path.join(out, result["seeds"][0]["predictions"]), weights_only=True)
     assert torch.allclose(pred["scores"].sum(1), torch.ones(6), atol=1e-4)  # every video scored once
+
+
+def test_readme_table_2_1_command_on_an_ntu_miniature(data, tmp_path):
+    """The README's Table 2.1 RGB-teacher row (--data-root in the NTU layout, no --batch-size: the
+    thesis's 128), adding only size flags, with one target RGB video missing and one source video
+    truncated: every stage trains, the evaluation writes its result file, both files are reported."""
+    import shutil
+    root = tmp_path / "ntu"
+    shutil.copytree(os.path.dirname(data["rgb_dir"]), root)
+    rgb = root / os.path.basename(data["rgb_dir"])
+    videos = sorted(rgb.iterdir())
+    missing = next(p for p in videos if "C002" in p.name and "A001" in p.name)  # a cross-view training pair
+    truncated = next(p for p in videos if "A061" in p.name)
+    missing.unlink()
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    out = tmp_path / "t21_rgb"
+    proc = run(["--data-root", str(root), "--seeds", "0,1,2,3,4", "--teacher-modality", "rgb", "--granularity",
+                "video2clip", "--per-class", "20", "--out-dir", str(out), "--epochs", "1", "--clip-len", "4",
+                "--short-side", "18", "--crop-size", "16", "--workers", "0", "--device", "cpu"])
+    assert f"skipping unreadable video {truncated}" in proc.stderr
+    assert "unmatched pairs" in proc.stderr and missing.name.split("_")[0] in proc.stderr
+    r = json.load(open(out / "results_transfer_k20.json"))
+    assert len(r["seeds"]) == 5 and r["args"]["batch_size"] == 128 and r["args"]["teacher_epochs"] == 1
+    assert r["granularity"] == "video2clip"
+
+
+def test_resume_refuses_another_granularity(data, teacher, tmp_path):
+    """The bug: clip2clip, then --granularity video2clip --loss mse --resume auto into the same
+    --out-dir 'resumed', trained nothing and labelled the old student video2clip / mse."""
+    out = str(tmp_path / "run")
+    common = [*TINY, *flags(data), "--teacher-checkpoint", teacher,
+              "--teacher-modality", "flow", "--stage", "transfer", "--out-dir", out]
+    run([*common, "--granularity", "clip2clip"])
+    proc = run([*common, "--granularity", "video2clip", "--loss", "mse", "--resume", "auto"], check=False)
+    assert proc.returncode != 0
+    assert "--granularity 'clip2clip' there, 'video2clip' now" in proc.stderr and "--loss 'cosine'" in proc.stderr
+    run([*common, "--granularity", "clip2clip", "--resume", "auto", "--workers", "1"])  # run flags may change

@@ -276,9 +276,9 @@ def test_synthetic_preset_transfer_epochs_depend_on_the_student_and_yield_to_fla
     assert dm.parse_args(["--target", "skeleton"]).transfer_epochs == dm.SYNTHETIC_TRANSFER_EPOCHS["skeleton"]
     assert dm.parse_args(["--target", "skeleton", "--transfer-epochs", "3"]).transfer_epochs == 3
     args = dm.parse_args(["--epochs", "2"])  # --epochs fills every stage without its own flag
-    assert args.transfer_epochs is None and dm.stage_epochs(args, "transfer") == 2
-    real = dm.parse_args(["--data-root", "data/ntu", "--target", "skeleton"])  # no preset on real data
-    assert real.transfer_epochs is None and dm.stage_epochs(real, "transfer") == 120
+    assert args.transfer_epochs == 2 and dm.stage_epochs(args, "transfer") == 2
+    real = dm.parse_args(["--data-root", "data/ntu", "--target", "skeleton"])  # the thesis's, Sec 2.4.3
+    assert real.transfer_epochs == 120 and dm.stage_epochs(real, "transfer") == 120
 
 
 def test_depth_crop_actors_reads_the_square_around_the_clips_actors(tmp_path):

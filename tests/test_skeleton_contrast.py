@@ -170,10 +170,10 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
                         ("linear", [*few, "--downstream-reprs", "seq,stg"])]:
         proc = run([*TINY, *data, "--eval", name, *ckpt_flag, *extra, "--out-dir", out])
         assert f"{name} top-1:" in proc.stdout, proc.stdout
-    result = json.load(open(os.path.join(out, "eval_semi_0.25.json")))
+    result = json.load(open(os.path.join(out, "eval_semi_0.25_seq.json")))
     assert len(result["runs"]) == 2 and all(0 <= r <= 100 for r in result["runs"])
     assert result["train_samples"] == 32 and result["val_samples"] == 16
-    linear = json.load(open(os.path.join(out, "eval_linear.json")))
+    linear = json.load(open(os.path.join(out, "eval_linear_seq+stg.json")))
     assert linear["downstream_reprs"] == ["seq", "stg"]
     assert set(linear["parameters"]) == {"seq", "stg"} and all(n > 0 for n in linear["parameters"].values())
 

@@ -210,7 +210,7 @@ def test_prepare_ntu(tmp_path, monkeypatch, workers):
         seqs = [moving_sequence(rng, length, 0.1) for _ in range(people)]
         write_ntu(raw / f"{name}.skeleton", [[s[t] for s in seqs] for t in range(length)])
     (raw / "readme.txt").write_text("not a skeleton")
-    monkeypatch.setattr(sk, "NTU60_MISSING_SKELETONS", ("S001C003P002R001A003",))
+    monkeypatch.setattr(sk, "missing_skeleton_samples", lambda dataset: frozenset({"S001C003P002R001A003"}))
     out = tmp_path / "xview"
     counts = sk.prepare_ntu(str(raw), str(out), "xview", "ntu60", workers=workers)
     assert counts == {"train": 2, "val": 1}
