@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
-from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, video_encoder
+from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, load_encoder_weights, video_encoder
 from common.engine import (Dist, Progress, add_common_args, autocast, check_resume_args, grad_scaler, load_checkpoint,
                            optimizer_step, parse_with_presets, resume_training, save_atomic, save_epoch,
                            seed_everything, unwrap)
@@ -524,19 +524,16 @@ def read_weights(path, flag):
 
 
 def load_encoder(encoder, state, path, flag, channels, what):
-    """Strict load; a first convolution with the wrong number of input channels gets a message that
-    names the flag, the file and the modality instead of a shape mismatch deep inside torch."""
+    """common.backbones' strict load; a first convolution with the wrong number of input channels gets
+    a message that names the flag, the file and the modality instead of a shape mismatch."""
     stem = state.get("stem.0.weight")
     if stem is not None and stem.shape[1] != channels:
         raise SystemExit(f"{flag} {path}: its first convolution takes {stem.shape[1]} input channel(s) "
                          f"but the {what} needs {channels}")
-    own = encoder.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise SystemExit(f"{flag} {path}: weights do not fit the {what}: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, wrong shape {wrong[:5]}")
-    encoder.load_state_dict(state, strict=True)
+    try:
+        load_encoder_weights(encoder, state, source=f"{flag} {path} ({what})")
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
 
 
 def build_teacher(args, path):

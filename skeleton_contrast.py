@@ -1162,7 +1162,7 @@ def prepare(args):
     """Raw download -> the shared .npy/.pkl format (normalised as 2s-AGCN does)."""
     if args.prepare.startswith("ntu"):
         counts = prepare_ntu(args.raw_dir if len(args.raw_dir) > 1 else args.raw_dir[0], args.data_root,
-                             args.protocol, dataset=args.prepare)
+                             args.protocol, dataset=args.prepare, max_bad_fraction=args.max_bad_fraction)
     else:
         counts = prepare_pku_mmd(args.raw_dir[0], args.pku_labels, args.pku_split, args.data_root,
                                  phase=int(args.prepare[-1]))
@@ -1182,6 +1182,9 @@ def main(argv=None):
     for line in args.presets:
         d.print(line)
     if args.eval:
+        for flag, path in (("--checkpoint", args.checkpoint), ("--transfer-data-root", args.transfer_data_root)):
+            if path is not None and not os.path.exists(path):
+                raise SystemExit(f"{flag} {path}: not found")
         run_eval(args, d)
     else:
         pretrain(args, d)

@@ -480,33 +480,52 @@ def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=
     """Writes {split}_data_joint.npy, _label.pkl and _num_frame.npy from per-sample results.
 
     `results` yields (array (3, max_frames, 25, num_bodies), num_valid_frames) in the order of
-    `names`. The data go straight into a memory-mapped .npy (np.lib.format.open_memmap), so memory
-    stays at one sample whatever the dataset size. The label pickle is (names, labels) as in
-    2s-AGCN, protocol 4 (loadable by any Python 3).
+    `names`, or (None, error) for a file that could not be read: it is reported and left out.
+    The data go straight into a memory-mapped .npy (np.lib.format.open_memmap), so memory stays
+    at one sample whatever the dataset size. The label pickle is (names, labels) as in 2s-AGCN,
+    protocol 4 (loadable by any Python 3). Returns the number of samples written.
     """
+    path = os.path.join(out_dir, f"{split}_data_joint.npy")
     shape = (len(names), 3, max_frames, NUM_JOINTS, num_bodies)
-    data = np.lib.format.open_memmap(os.path.join(out_dir, f"{split}_data_joint.npy"), mode="w+",
-                                     dtype=np.float32, shape=shape)
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     num_frames = np.zeros(len(names), dtype=np.int64)
-    count = 0
+    kept, seen = [], 0
     for i, (array, length) in enumerate(results):
-        data[i], num_frames[i] = array, length
-        count += 1
-        if count % 1000 == 0:
-            print(f"{split}: {count}/{len(names)} samples", file=sys.stderr, flush=True)
-    if count != len(names):
-        raise RuntimeError(f"{split}: got {count} samples for {len(names)} names")
+        seen += 1
+        if array is None:
+            print(f"skipping unreadable skeleton file {names[i]}: {length}", file=sys.stderr, flush=True)
+            continue
+        data[len(kept)], num_frames[len(kept)] = array, length
+        kept.append(i)
+        if seen % 1000 == 0:
+            print(f"{split}: {seen}/{len(names)} samples", file=sys.stderr, flush=True)
+    if seen != len(names):
+        raise RuntimeError(f"{split}: got {seen} samples for {len(names)} names")
     data.flush()
+    if len(kept) < len(names):  # unreadable files: the array keeps only the rows written
+        compact = np.lib.format.open_memmap(path + ".tmp", mode="w+", dtype=np.float32,
+                                            shape=(len(kept),) + shape[1:])
+        for start in range(0, len(kept), 1000):
+            end = min(start + 1000, len(kept))
+            compact[start:end] = data[start:end]
+        compact.flush()
+        del compact
+        os.replace(path + ".tmp", path)
     del data
-    np.save(os.path.join(out_dir, f"{split}_num_frame.npy"), num_frames)
+    np.save(os.path.join(out_dir, f"{split}_num_frame.npy"), num_frames[:len(kept)])
     with open(os.path.join(out_dir, f"{split}_label.pkl"), "wb") as f:
-        pickle.dump((list(names), [int(x) for x in labels]), f, protocol=4)
+        pickle.dump(([names[i] for i in kept], [int(labels[i]) for i in kept]), f, protocol=4)
+    return len(kept)
 
 
 def _ntu_sample(job):
-    """(array (3, T, 25, 2), valid frames) for one .skeleton file; runs in pool workers."""
+    """(array (3, T, 25, 2), valid frames) for one .skeleton file, or (None, the error) when it cannot
+    be read; runs in pool workers."""
     path, max_frames, normalize = job
-    skeleton = read_ntu_skeleton(path)
+    try:
+        skeleton = read_ntu_skeleton(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        return None, err
     array = ntu_to_array(skeleton, max_frames)
     if normalize:
         array = normalize_skeleton(array)
@@ -514,7 +533,7 @@ def _ntu_sample(job):
 
 
 def prepare_ntu(skeleton_dir, out_dir, benchmark, dataset="ntu60", workers=None, normalize=True,
-                max_frames=MAX_FRAMES):
+                max_frames=MAX_FRAMES, max_bad_fraction=0.05):
     """Converts NTU RGB+D '.skeleton' files into the shared format for one benchmark.
 
     skeleton_dir: a folder (or a list of folders, e.g. the two NTU-120 downloads) of
@@ -525,7 +544,8 @@ def prepare_ntu(skeleton_dir, out_dir, benchmark, dataset="ntu60", workers=None,
     thesis' code writes the same file). Samples of missing_skeleton_samples(dataset) are skipped.
     Samples are in sorted name order. normalize: apply normalize_skeleton (2s-AGCN does).
     workers: processes parsing files (None: up to 8; 0: in this process).
-    A malformed file stops the conversion with ValueError naming file:line.
+    A malformed file is reported (file:line) and left out; more than max_bad_fraction of them stop
+    the conversion.
     Returns {split: number of samples}.
     """
     if dataset not in BENCHMARKS:
@@ -558,17 +578,22 @@ def prepare_ntu(skeleton_dir, out_dir, benchmark, dataset="ntu60", workers=None,
           f"val samples; {skipped} with missing skeletons skipped", file=sys.stderr)
     os.makedirs(out_dir, exist_ok=True)
     pool = _pool(workers)
+    counts = {}
     try:
         for split, names in split_names.items():
             labels = [parse_ntu_name(n)["action"] - 1 for n in names]
             jobs = [(files[n], max_frames, normalize) for n in names]
             results = map(_ntu_sample, jobs) if pool is None else pool.imap(_ntu_sample, jobs,
                                                                               chunksize=16)
-            _write_split(out_dir, split, names, labels, results, max_frames)
+            counts[split] = _write_split(out_dir, split, names, labels, results, max_frames)
     finally:
         if pool is not None:
             pool.terminate()
-    return {split: len(names) for split, names in split_names.items()}
+    listed, bad = sum(map(len, split_names.values())), sum(map(len, split_names.values())) - sum(counts.values())
+    if bad > max_bad_fraction * listed:
+        raise RuntimeError(f"{bad} of {listed} .skeleton files could not be read (more than {max_bad_fraction:.0%}); "
+                           f"the messages above name them")
+    return counts
 
 
 # ============ PKU-MMD ============

@@ -287,3 +287,35 @@ def test_tubelet_readme_command_on_a_kinetics_csv_miniature(tmp_path, capfd):
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(log) == 1 and log[0]["bad_videos"] >= 1 and np.isfinite(log[0]["loss"])
     assert (out / "backbone.pt").is_file()
+
+
+def test_skeleton_readme_commands_on_raw_ntu_skeleton_files(tmp_path):
+    """The README's commands on a miniature NTU RGB+D 60 download: --prepare on raw .skeleton files
+    (one listed among the official missing-skeleton samples, one truncated), then the NTU-60
+    cross-view pretraining command (batch 64, queue 16,384) and --eval linear, adding only size flags."""
+    from tests.test_skeleton_data import moving_sequence, write_ntu
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "nturgb+d_skeletons"
+    raw.mkdir()
+    names = [f"S001C00{c}P00{p}R001A0{a:02d}" for c in (2, 3) for p in (1, 2, 3, 4) for a in range(1, 10)]  # 72
+    names += [f"S001C001P001R001A0{a:02d}" for a in range(1, 9)]  # camera 1: the cross-view val split
+    for name in names:
+        seq = moving_sequence(rng, 30, 0.1 * (1 + int(name[-2:]) % 3))
+        write_ntu(raw / f"{name}.skeleton", [[seq[t]] for t in range(30)])
+    write_ntu(raw / "S001C002P005R002A008.skeleton", [[moving_sequence(rng, 30, 0.1)[t]] for t in range(30)])
+    (raw / "S001C003P003R002A001.skeleton").write_text("30\r\n1\r\n")  # truncated download
+    data = tmp_path / "ntu60" / "xview"
+    prep = run("skeleton_contrast.py", ["--prepare", "ntu60", "--raw-dir", str(raw), "--data-root", str(data),
+                                        "--protocol", "xview"])
+    assert "1 with missing skeletons skipped" in prep.stderr
+    assert "skipping unreadable skeleton file S001C003P003R002A001.skeleton" in prep.stderr
+    out = tmp_path / "runs" / "ntu60_xview"
+    size = ["--epochs", "1", "--width", "0.125", "--frames", "32", "--workers", "0", "--device", "cpu"]
+    run("skeleton_contrast.py", ["--data-root", str(data), "--amp", "--out-dir", str(out), *size])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["args"]["batch_size"] == 64 and ckpt["args"]["queue_size"] == 16384
+    proc = run("skeleton_contrast.py", ["--data-root", str(data), "--eval", "linear", "--checkpoint",
+                                        str(out / "checkpoint.pt"), "--out-dir", str(out), *size])
+    assert "linear top-1:" in proc.stdout
+    result = json.load(open(out / "eval_linear_seq.json"))
+    assert result["val_samples"] == 8 and result["args"]["lr"] == 0.1  # the --eval linear preset (App. A.1)

@@ -233,12 +233,23 @@ def test_prepare_ntu(tmp_path, monkeypatch, workers):
         sk.prepare_ntu(str(raw), str(out), "xset", "ntu60", workers=0)
 
 
-def test_prepare_ntu_stops_on_malformed_file(tmp_path):
+def test_prepare_ntu_reports_and_leaves_out_a_malformed_file(tmp_path, capsys):
+    rng = np.random.default_rng(5)
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "S001C002P001R001A002.skeleton").write_text("2\n0\n")
-    with pytest.raises(ValueError, match=r"S001C002P001R001A002.skeleton:3: .*end of file"):
+    (raw / "S001C002P001R001A002.skeleton").write_text("2\n0\n")  # truncated
+    for k in range(3):
+        seq = moving_sequence(rng, 12, 0.1)
+        write_ntu(raw / f"S001C003P001R001A00{k + 3}.skeleton", [[seq[t]] for t in range(12)])
+    # 1 bad file of 3 train files is more than the allowed 5%: the conversion stops, naming it
+    with pytest.raises(RuntimeError, match="1 of 4 .skeleton files could not be read"):
         sk.prepare_ntu(str(raw), str(tmp_path / "out"), "xsub", workers=0)
+    assert "S001C002P001R001A002.skeleton:3: " in capsys.readouterr().err
+    counts = sk.prepare_ntu(str(raw), str(tmp_path / "out"), "xview", workers=0, max_bad_fraction=0.5)
+    assert counts == {"train": 3, "val": 0}
+    train = sk.SkeletonDataset(**sk.protocol_paths(str(tmp_path / "out"), "train"))
+    assert len(train) == 3 and train.data.shape[0] == 3 and train.labels.tolist() == [2, 3, 4]
+    assert "S001C002P001R001A002" not in " ".join(train.sample_names)
 
 
 # ============ SkeletonDataset ============
