@@ -630,8 +630,10 @@ class EncoderWithHead(nn.Module):
 
 # Without --data-root the script pretrains on the small built-in synthetic dataset; these
 # CPU-sized values replace the paper's defaults there unless the flag is given explicitly.
+# Shuffle-BN in 2 groups of 2 clips: 4 groups of 1 made the CPU step 1.8x slower (2.92 s vs 1.58 s at
+# batch 4; 1.76 s with 2 groups) and BatchNorm statistics of single clips.
 SYNTHETIC_PRESET = dict(epochs=5, batch_size=4, clip_len=8, crop_size=64, patch_size=[8, 32],
-                        delta=[20, 40], queue_size=256, workers=2, print_freq=6)
+                        delta=[20, 40], queue_size=256, workers=2, print_freq=6, bn_splits=2)
 PRESETS = [("synthetic (no --data-root)", lambda a: a.data_root is None, SYNTHETIC_PRESET)]
 
 

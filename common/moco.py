@@ -100,10 +100,15 @@ def single_process():
     return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
 
 
+def has_batchnorm(module):
+    """Groups matter only for BatchNorm: an encoder without it (a GRU) runs on the whole batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def encode_queries(encoder_q, x_q, bn_splits=1):
     """encoder_q(x_q); in one process with bn_splits > 1 in that many groups, in order, so that
     BatchNorm sees the groups a key group is shuffled against (one group = one simulated GPU)."""
-    if bn_splits > 1 and single_process() and len(x_q) > 1:
+    if bn_splits > 1 and single_process() and len(x_q) > 1 and has_batchnorm(encoder_q):
         return torch.cat([encoder_q(part) for part in x_q.chunk(bn_splits)])
     return encoder_q(x_q)
 
@@ -119,7 +124,7 @@ def encode_keys(encoders_k, x_k, shuffle_bn=True, bn_splits=1):
         perm = torch.randperm(len(x_k), device=x_k.device)
         unshuffle = torch.argsort(perm)
         return [torch.cat([encoder(part) for part in x_k[perm].chunk(bn_splits)])[unshuffle]
-                for encoder in encoders_k]
+                if has_batchnorm(encoder) else encoder(x_k) for encoder in encoders_k]
     x_k, idx_unshuffle = batch_shuffle(x_k)
     return [batch_unshuffle(encoder(x_k), idx_unshuffle) for encoder in encoders_k]
 
