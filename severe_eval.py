@@ -1092,7 +1092,8 @@ def summary_rows(results, setups=SEVERE_ORDER):
     """The numbers behind `summarize`: one dict per row label, in order of first appearance,
     {'name', 'values': {setup: value or None}, 'mean', 'rank'}.
 
-    Row label: r['name'] if present, else r['checkpoint']; when the results mix protocols
+    Results of --task retrieval / cluster are left out. Row label: r['name'] if present, else
+    r['checkpoint']; when the results mix protocols
     (r['protocol'], e.g. finetune and linear) the protocol is appended, "name [linear]", so that the
     two never share a row. Several results of one row and setup
     (e.g. seeds) are averaged. mean: the mean over `setups`, with an error e (UCF-RC) entering as
@@ -1101,6 +1102,7 @@ def summary_rows(results, setups=SEVERE_ORDER):
     (higher, or lower for an error), averaged over `setups` (Table 5.8 Rank). A row missing any of
     `setups` gets mean = rank = None; its values still count when ranking the other rows."""
     rows = {}
+    results = [r for r in results if r.get("task", "auto") == "auto"]  # retrieval / cluster are no table entries
     mixed = len({r.get("protocol") for r in results}) > 1
     for r in results:
         name = r.get("name") or r.get("checkpoint")

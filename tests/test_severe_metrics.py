@@ -310,3 +310,9 @@ def test_finetune_and_linear_results_get_separate_rows():
     rows = {r["name"]: r for r in se.summary_rows(results, ("ssv2", "ucf_rc"))}
     assert rows["A [finetune]"]["values"] == {"ssv2": 60.0, "ucf_rc": 0.2}
     assert rows["A [linear]"]["values"] == {"ssv2": 30.0, "ucf_rc": 0.5}
+
+
+def test_frozen_feature_results_are_no_table_rows():
+    results = toy("A", 60, 0.2) + [{"name": "A", "setup": "ssv2", "value": 99.0, "task": "retrieval"}]
+    (row,) = se.summary_rows(results, ("ssv2", "ucf_rc"))
+    assert row["values"]["ssv2"] == 60  # the recall@1 of --task retrieval is not averaged in
