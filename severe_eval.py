@@ -714,7 +714,8 @@ class Clips(torch.utils.data.Dataset):
             target = self.clip_targets(item["index"], item["frames"])
         if self.aot and target == 1:  # arrow of time: target 1 = the clip played backwards
             clips = clips.flip(1)
-        return (clips if clip.dim() == 5 else clips[0]), target, item["index"]
+        # test views keep their clip axis (num_clips, T, 3, S, S), also for --num-test-clips 1
+        return (clips if clip.dim() == 5 or not self.train else clips[0]), target, item["index"]
 
 
 class CharadesClipTargets:

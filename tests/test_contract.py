@@ -319,3 +319,18 @@ def test_skeleton_readme_commands_on_raw_ntu_skeleton_files(tmp_path):
     assert "linear top-1:" in proc.stdout
     result = json.load(open(out / "eval_linear_seq.json"))
     assert result["val_samples"] == 8 and result["args"]["lr"] == 0.1  # the --eval linear preset (App. A.1)
+
+
+def test_severe_test_views_keep_their_clip_axis_with_one_test_clip():
+    """--num-test-clips 1 gave (B, T, 3, S, S) test batches and an IndexError in predict."""
+    class OneVideo:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return dict(clip=torch.zeros(4, 20, 24, 3, dtype=torch.uint8), label=0, index=0,
+                        frames=torch.arange(4))
+
+    test = severe_eval.Clips(OneVideo(), [3], crop_size=16, train=False)
+    train = severe_eval.Clips(OneVideo(), [3], crop_size=16, train=True)
+    assert test[0][0].shape == (1, 4, 3, 16, 16) and train[0][0].shape == (4, 3, 16, 16)
