@@ -40,9 +40,9 @@ from torch import nn
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, STGCN, encoder_state_dict, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_resume_args, grad_scaler, load_checkpoint,
-                           optimizer_step, parse_with_presets, resume_training, save_atomic, save_epoch,
-                           seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, check_resume_args, checkpoint_args, grad_scaler,
+                           load_checkpoint, optimizer_step, parse_with_presets, resume_training, save_atomic,
+                           save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, read_clip, read_or_replace,
                           read_samples)
@@ -666,8 +666,6 @@ def check_inputs(args, stages):
         if path is not None and not os.path.isfile(path):
             raise SystemExit(f"{flag} {path}: no such file")
 
-    teacher_flag = "--rgb-dir" if args.teacher_modality == "rgb" else "--flow-dir"
-    target_flag = "--depth-dir" if args.target == "depth" else "--skeleton-dir"
     file(args.teacher_checkpoint, "--teacher-checkpoint")
     file(args.student_checkpoint, "--student-checkpoint")
     if "teacher" in stages:
@@ -685,9 +683,13 @@ def check_inputs(args, stages):
             folder(args.source_flow_dir or args.flow_dir, "--source-flow-dir" if args.source_flow_dir else "--flow-dir",
                    "for the teacher's NTU-120 flow")
     if "transfer" in stages:
-        folder(getattr(args, teacher_flag[2:].replace("-", "_")), teacher_flag, "for the transfer's modality pairs")
+        rgb = args.teacher_modality == "rgb"
+        folder(args.rgb_dir if rgb else args.flow_dir, "--rgb-dir" if rgb else "--flow-dir",
+               "for the transfer's modality pairs")
     if any(s in stages for s in ("transfer", "finetune", "eval")):
-        folder(getattr(args, target_flag[2:].replace("-", "_")), target_flag, f"for the {args.target} student")
+        depth = args.target == "depth"
+        folder(args.depth_dir if depth else args.skeleton_dir, "--depth-dir" if depth else "--skeleton-dir",
+               f"for the {args.target} student")
 
 
 def teacher_modality_items(args, source_dirs=False):
@@ -1133,7 +1135,7 @@ def run_eval(args, d, seeds):
         saved = load_checkpoint(path)
         trained = os.path.join(stage_dir(args, "finetune", seed), "checkpoint.pt")
         if os.path.isfile(trained):  # the model was finetuned with these flags, or the labels would lie
-            check_resume_args(load_checkpoint(trained).get("args", {}), args, trained, _EVAL_FLAGS,
+            check_resume_args(checkpoint_args(trained), args, trained, _EVAL_FLAGS,
                               action="--stage eval: cannot evaluate")
         encoder, widths = new_student_encoder(args)
         model = Classifier(encoder, widths[3], saved["num_classes"])

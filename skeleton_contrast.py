@@ -632,7 +632,7 @@ class SkeletonContrast(nn.Module):
     def __init__(self, reprs, width=1.0, dim=128, queue_size=16384, momentum=0.999, temperature=0.07,
                  shuffle_bn=False, frames=64, bigru="authors", bn_splits=1):
         super().__init__()
-        self.reprs, self.queue_size = list(reprs), queue_size
+        self.reprs = list(reprs)
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
         self.bn_splits = bn_splits
         self.encoder_q = nn.ModuleDict({r: encoder_with_head(r, width, dim, frames, bigru) for r in self.reprs})
@@ -645,7 +645,6 @@ class SkeletonContrast(nn.Module):
 
     def queue(self, r):
         return getattr(self, f"queue_{r}")
-
 
     def forward(self, x_q, x_k):
         """x_q, x_k: the query and key views (B, 3, L, 25, 2) of the same sequences.

@@ -276,6 +276,11 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def checkpoint_args(path):
+    """The flags a checkpoint was written with (its 'args'), memory-mapped: its tensors are not read."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args", {})
+
+
 # Flags that say how a run is executed, not what it computes: --resume accepts a change of these.
 # --epochs too: a resumed run may continue to a later end (the milestones stay; a cosine schedule
 # stretches to the new end).
@@ -308,8 +313,7 @@ def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, ignor
     if path is None:
         existing = os.path.join(out_dir, "checkpoint.pt")
         if os.path.exists(existing):
-            check_resume_args(load_checkpoint(existing).get("args", {}), args, existing, ignore,
-                              action="--out-dir: would overwrite")
+            check_resume_args(checkpoint_args(existing), args, existing, ignore, action="--out-dir: would overwrite")
         return None
     ckpt = load_checkpoint(path)
     check_resume_args(ckpt.get("args", {}), args, path, ignore)

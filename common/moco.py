@@ -40,7 +40,7 @@ class MoCo(nn.Module):
     def __init__(self, encoder, dim=128, queue_size=65536, momentum=0.999, temperature=0.2,
                  shuffle_bn=True, bn_splits=1):
         super().__init__()
-        self.queue_size, self.momentum, self.temperature = queue_size, momentum, temperature
+        self.momentum, self.temperature = momentum, temperature
         self.shuffle_bn, self.bn_splits = shuffle_bn, bn_splits
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)

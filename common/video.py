@@ -190,8 +190,10 @@ def drop_missing(samples, what):
             listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         return name in listed[folder]
 
-    kept = [s for s in samples if on_disk(s[0])]
-    missing = [s[0] for s in samples if not on_disk(s[0])]
+    kept, missing = [], []
+    for sample in samples:
+        (kept if on_disk(sample[0]) else missing).append(sample)
+    missing = [path for path, *_ in missing]
     if missing and not kept:
         raise FileNotFoundError(f"{what}: none of its {len(samples)} files is on disk (the first: {missing[0]})")
     if missing and os.environ.get("RANK", "0") == "0":
@@ -339,17 +341,19 @@ def read_or_replace(read, i, num_items, path_of, counter, rng, max_retries=10, e
     reported and counted once per path in `counter`, which stops the run above its max_fraction (of
     the files read); a known bad file is replaced without reading it again.
     The one bad-file policy of every training dataset. Returns (read's result, index read)."""
+    def other(i):  # a random other item, never i itself
+        return (i + 1 + int(rng.integers(num_items - 1))) % num_items if num_items > 1 else i
+
     for _ in range(max_retries + 1):
         if counter.known_bad(path_of(i)) and num_items > 1:  # replaced again without reading or counting
-            i = (i + 1 + int(rng.integers(num_items - 1))) % num_items
+            i = other(i)
             continue
         try:
             result = read(i)
         except errors as err:
             counter.record_failure(path_of(i), err)
             counter.check()
-            if num_items > 1:  # a random other item, never i itself
-                i = (i + 1 + int(rng.integers(num_items - 1))) % num_items
+            i = other(i)
             continue
         counter.record_ok()
         counter.check()
