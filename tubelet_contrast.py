@@ -79,9 +79,14 @@ def add_augmentation_args(parser):
     g.add_argument("--transform", type=_transform_list, default="rotation",
                    help="tubelet transformation (Sec 5.3.4, Eq. 5.7; Table 5.4): none, scale, shear, rotation, "
                         "or a comma list such as rotation,scale (Table C.5: combinations do not help)")
+    g.add_argument("--recipe", choices=["code", "thesis"], default="code",
+                   help="how rotation, shear and opacity change over time. code: as the authors' code that "
+                        "produced Tables 5.2-5.8, 2-4 evenly spaced keyframes, rotation a random walk of at most "
+                        "6 deg/frame, shear one of 0.066/frame on x, y or both; thesis: Eq. 5.7 as written, "
+                        "--keyframes random keyframes, theta uniform in --rotation-range / --shear-range")
     g.add_argument("--keyframes", type=int, default=3, metavar="K",
-                   help="keyframes K for linear motion and for transformations, first and last frame included "
-                        "(Sec 5.4.1: 3)")
+                   help="keyframes K, first and last frame included (Sec 5.4.1: 3), of linear motion and scale "
+                        "(which the code lacks: always the text's) and, with --recipe thesis, of every transformation")
     g.add_argument("--delta", type=float, nargs=2, default=[40.0, 80.0], metavar=("MIN", "MAX"),
                    help="linear motion: max px between the centres of neighbouring keyframes, Delta drawn per "
                         "tubelet from [MIN, MAX] (Sec 5.3.3, Sec 5.4.1: 40-80 for 112 px); scale it with the crop")
@@ -93,36 +98,104 @@ def add_augmentation_args(parser):
                    help="scale transformation: horizontal and vertical factors (Sec 5.3.4; Table C.6 tries "
                         "0.5-1.25 and 0.5-2)")
     g.add_argument("--rotation-range", type=float, nargs=2, default=[-90.0, 90.0], metavar=("MIN", "MAX"),
-                   help="rotation transformation: in-plane angle in degrees (Sec 5.3.4; Table C.6 tries 45, 180)")
-    g.add_argument("--shear-range", type=float, nargs=2, default=[-1.5, 1.5], metavar=("MIN", "MAX"),
-                   help="shear transformation: the two shear factors (r, s). Sec 5.3.4 says [-1.5, 1.5] while "
-                        "App. C.5 says the chapter used [-1, 1]; Table C.6 ablates both (and 0.75)")
+                   help="--recipe thesis: rotation angle in degrees (Sec 5.3.4; Table C.6 tries 45, 180)")
+    g.add_argument("--shear-range", type=float, nargs=2, default=[-1.0, 1.0], metavar=("MIN", "MAX"),
+                   help="--recipe thesis: the shear factors (r, s). App. C.5 says the chapter used [-1, 1] (the "
+                        "code's walk stays within it), Sec 5.3.4 says [-1.5, 1.5]; Table C.6 ablates both")
     g.add_argument("--jitter-prob", type=float, default=0.2,
                    help="probability of each colour jitter (brightness, contrast, hue+saturation); 0.2 as in the "
                         "authors' code. In tubelet mode the pair shares the jitter (Sec 5.4.1)")
     return g
 
 
-# ----- keyframes (Eq. 5.5 and 5.7) -----
+# ----- keyframes (Eq. 5.5, 5.7): per-frame parameters from their values at a few frames -----
+#
+# Two recipes (--recipe). thesis: K = --keyframes keyframes, frames 0 and T-1 plus K-2 random frames, theta
+# uniform in its range at each keyframe, linear interpolation (Sec 5.3.3-5.3.4, 5.4.1). code: as the authors'
+# code that produced Tables 5.2-5.8, K in {2, 3, 4} evenly spaced keyframes, rotation and shear as bounded
+# random walks over them, each segment eased at random. Linear motion and scale, which the code lacks, always
+# follow the text.
 
-def sample_keyframes(n, T, K, device):
-    """(n, K) sorted frame indices: frame 0, K-2 distinct random frames in between, frame T-1 (K <= T)."""
+KEYFRAME_PROBS = (0.5, 0.3, 0.2)  # code: 0, 1 or 2 keyframes between the first and the last frame
+EASING_PROBS = (0.7, 0.15, 0.15)  # code: a segment is linear, accelerating (w^2) or decelerating (1 - (1 - w)^2)
+ROTATION_VELOCITY = 6.0  # code: degrees per frame, at most, on average over a segment
+SHEAR_VELOCITY = 0.066  # code: shear factor per frame, at most, on average over a segment
+
+
+def random_keyframes(n, T, K, device):
+    """The text's keyframes (n, K), sorted: frame 0, K-2 distinct random frames in between, frame T-1."""
     K = max(2, min(K, T))
     inner = torch.rand(n, T - 2, device=device).argsort(dim=1)[:, :K - 2] + 1
     first = torch.zeros(n, 1, dtype=torch.long, device=device)
     return torch.cat([first, inner.sort(dim=1).values, first + T - 1], dim=1)
 
 
-def interpolate_keyframes(keyframes, values, T):
-    """Interp of Eq. 5.5 / 5.7: keyframes (n, K) sorted, values (n, K, D) -> (n, T, D), piecewise linear."""
+def spaced_keyframes(n, T, inner, device):
+    """The code's keyframes (n, inner + 2): frames 0 and T-1, and `inner` frames at T i / (inner + 1),
+    i = 1..inner (rounded down), each shifted by an integer drawn from [-j, j), j = floor(T / (3 (inner + 1)))."""
+    inner = min(inner, T - 2)
+    avg = T / (inner + 1)
+    ticks = torch.tensor([int(avg * i) for i in range(1, inner + 1)], dtype=torch.long, device=device)
+    j = int(avg / 3)
+    shift = torch.randint(-j, j, (n, inner), device=device) if j > 0 else 0
+    first = torch.zeros(n, 1, dtype=torch.long, device=device)
+    return torch.cat([first, ticks.expand(n, inner) + shift, first + T - 1], dim=1)
+
+
+def interpolate_keyframes(keyframes, values, T, eased=False):
+    """Interp of Eq. 5.5 / 5.7: keyframes (n, K) sorted, values (n, K, D) -> (n, T, D), piecewise linear;
+    eased=True: each segment linear, accelerating or decelerating with EASING_PROBS (the code)."""
     n, K = keyframes.shape
     t = torch.arange(T, device=values.device).expand(n, T).contiguous()
     seg = (torch.searchsorted(keyframes, t, right=True) - 1).clamp(0, K - 2)  # keyframe k with k <= t < k+1
     t0, t1 = keyframes.gather(1, seg), keyframes.gather(1, seg + 1)
-    w = ((t - t0) / (t1 - t0)).unsqueeze(-1).to(values.dtype)
+    w = (t - t0) / (t1 - t0)
+    if eased:
+        ease = torch.multinomial(torch.tensor(EASING_PROBS, device=w.device), n * (K - 1), replacement=True)
+        ease = ease.view(n, K - 1).gather(1, seg)
+        w = torch.where(ease == 1, w * w, torch.where(ease == 2, 1 - (1 - w) ** 2, w))
     idx = seg.unsqueeze(-1).expand(-1, -1, values.shape[-1])
     v0, v1 = values.gather(1, idx), values.gather(1, idx + 1)
-    return v0 + w * (v1 - v0)
+    return v0 + w.unsqueeze(-1).to(values.dtype) * (v1 - v0)
+
+
+def keyframe_curve(n, T, values_at, recipe, K, device, eased=True):
+    """(n, T, D) per-frame parameters of n tubelets; values_at(keyframes (m, k)) gives their values (m, k, D).
+    recipe 'thesis': K keyframes at random frames, linear; 'code': 2-4 spaced keyframes, eased if `eased`."""
+    if recipe == "thesis":
+        keyframes = random_keyframes(n, T, K, device)
+        return interpolate_keyframes(keyframes, values_at(keyframes), T)
+    inner = torch.multinomial(torch.tensor(KEYFRAME_PROBS, device=device), n, replacement=True)
+    out = None
+    for k in range(len(KEYFRAME_PROBS)):
+        members = (inner == k).nonzero().squeeze(1)
+        if len(members):
+            keyframes = spaced_keyframes(len(members), T, k, device)
+            curve = interpolate_keyframes(keyframes, values_at(keyframes), T, eased)
+            out = curve.new_empty(n, T, curve.shape[-1]) if out is None else out
+            out[members] = curve
+    return out
+
+
+def uniform_values(lo, hi, D, first=None):
+    """values_at for `keyframe_curve`, Eq. 5.7 as written: uniform in [lo, hi] at every keyframe, `first` at
+    the first one (the untransformed patch p)."""
+    def values_at(keyframes):
+        theta = lo + (hi - lo) * torch.rand(*keyframes.shape, D, device=keyframes.device)
+        if first is not None:
+            theta[:, 0] = first
+        return theta
+    return values_at
+
+
+def random_walk(velocity):
+    """values_at for `keyframe_curve`, the code's rotation and shear: 0 at the first keyframe, then each
+    keyframe adds U(-v g, v g) for a gap of g frames, so a segment moves at most v per frame on average."""
+    def values_at(keyframes):
+        gap = keyframes.diff(dim=1).float()
+        steps = velocity * gap * (2 * torch.rand_like(gap) - 1)
+        return F.pad(steps.cumsum(1), (1, 0)).unsqueeze(-1)
+    return values_at
 
 
 # ----- tubelet motion: the path of patch centres [(x^1, y^1), ..., (x^T, y^T)] of Eq. 5.2 (Sec 5.3.3) -----
@@ -136,19 +209,24 @@ def static_path(n, T, H, W, device):
 def linear_path(n, T, H, W, K, delta, device):
     """Eq. 5.5: K keyframe centres joined by straight lines; (n, T, 2).
 
-    The first centre is uniform in the frame; each next keyframe centre lies within Delta px of the previous
-    one (uniform in that disc, Delta ~ U(delta) per tubelet) and is clamped into the frame, which keeps it
-    within Delta px since the previous centre is inside.
+    The first centre is uniform in the frame; each next keyframe centre is uniform over the points of the
+    frame within Delta px of the previous one (Delta ~ U(delta) per tubelet), drawn by rejection from the
+    square around it, which accepts at least pi/4 of the draws (after 8 misses, about 1 in 200,000, the
+    centre stays where it was).
     """
     frame = torch.tensor([W, H], dtype=torch.float32, device=device)
-    keyframes = sample_keyframes(n, T, K, device)
+    keyframes = random_keyframes(n, T, K, device)
     dmax = delta[0] + (delta[1] - delta[0]) * torch.rand(n, 1, device=device)
     centres = [torch.rand(n, 2, device=device) * frame]
     for _ in range(keyframes.shape[1] - 1):
-        r = dmax * torch.rand(n, 1, device=device).sqrt()
-        phi = 2 * math.pi * torch.rand(n, 1, device=device)
-        step = r * torch.cat([phi.cos(), phi.sin()], dim=1)
-        centres.append(torch.minimum(torch.clamp(centres[-1] + step, min=0), frame))
+        prev = centres[-1]
+        lo, hi = (prev - dmax).clamp(min=0), torch.minimum(prev + dmax, frame)
+        nxt, found = prev.clone(), torch.zeros(n, dtype=torch.bool, device=device)
+        for _ in range(8):
+            candidate = lo + (hi - lo) * torch.rand(n, 2, device=device)
+            take = ~found & ((candidate - prev).norm(dim=1) <= dmax[:, 0])
+            nxt[take], found = candidate[take], found | take
+        centres.append(nxt)
     return interpolate_keyframes(keyframes, torch.stack(centres, 1), T)
 
 
@@ -183,32 +261,39 @@ def nonlinear_path(n, T, H, W, N, sigma, device):
 
 # ----- tubelet transformations F(p, theta^i) of Eq. 5.7 (Sec 5.3.4) -----
 
-def transform_matrices(n, T, transforms, K, ranges, device):
-    """(n, T, 2, 2) matrices A^i mapping patch coordinates (about the patch centre) to frame offsets.
+def transform_matrices(n, T, args, device):
+    """(n, T, 2, 2) matrices A^i mapping patch coordinates (about the patch centre) to frame offsets (Eq. 5.7),
+    the identity at frame 0, for the transformations in args.transform, composed as rotation @ shear @ scale.
 
-    Per transformation, theta is the identity at frame 0 (the first keyframe), uniform in its range at the
-    other K-1 keyframes, linearly interpolated in between (Eq. 5.7). scale: theta = (w, h), diag(w, h);
-    shear: theta = (r, s), an x-shear by r followed by a y-shear by s (determinant 1, never singular);
-    rotation: theta = angle in degrees. Combinations compose as rotation @ shear @ scale.
-    ranges: dict name -> (min, max).
+    scale: theta = (w, h), A = diag(w, h), uniform in --scale-range at each keyframe (the text; the code has
+    no scale). shear: theta = (r, s), an x-shear by r followed by a y-shear by s (determinant 1, never
+    singular); code: x only, y only or both (1/3 each, drawn per tubelet; the code draws it per clip), each
+    factor its own SHEAR_VELOCITY walk; thesis: both, uniform in --shear-range. rotation: theta = angle in
+    degrees; code: a ROTATION_VELOCITY walk; thesis: uniform in --rotation-range.
     """
     A = torch.eye(2, device=device).expand(n, T, 2, 2)
+
+    def curve(values_at, recipe=args.recipe):
+        return keyframe_curve(n, T, values_at, recipe, args.keyframes, device)
+
+    code = args.recipe == "code"
     for name in TRANSFORMS:
-        if name not in transforms:
+        if name not in args.transform:
             continue
-        lo, hi = ranges[name]
-        D = 1 if name == "rotation" else 2
-        theta = lo + (hi - lo) * torch.rand(n, max(2, min(K, T)), D, device=device)
-        theta[:, 0] = 1.0 if name == "scale" else 0.0  # first keyframe: the untransformed patch p
-        theta = interpolate_keyframes(sample_keyframes(n, T, K, device), theta, T)
-        one, zero = torch.ones_like(theta[..., 0]), torch.zeros_like(theta[..., 0])
         if name == "scale":
-            rows = [theta[..., 0], zero, zero, theta[..., 1]]
+            w, h = curve(uniform_values(*args.scale_range, 2, first=1.0), recipe="thesis").unbind(-1)
+            rows = [w, torch.zeros_like(w), torch.zeros_like(w), h]
+        elif name == "shear" and code:
+            kind = torch.randint(3, (n, 1), device=device)  # 0: x only, 1: y only, 2: both
+            r = curve(random_walk(SHEAR_VELOCITY))[..., 0] * (kind != 1)
+            s = curve(random_walk(SHEAR_VELOCITY))[..., 0] * (kind != 0)
+            rows = [torch.ones_like(r), r, s, 1 + r * s]  # [[1, 0], [s, 1]] @ [[1, r], [0, 1]]
         elif name == "shear":
-            r, s = theta[..., 0], theta[..., 1]
-            rows = [one, r, s, 1 + r * s]  # [[1, 0], [s, 1]] @ [[1, r], [0, 1]]
+            r, s = curve(uniform_values(*args.shear_range, 2, first=0.0)).unbind(-1)
+            rows = [torch.ones_like(r), r, s, 1 + r * s]
         else:
-            a = torch.deg2rad(theta[..., 0])
+            walk = random_walk(ROTATION_VELOCITY) if code else uniform_values(*args.rotation_range, 1, first=0.0)
+            a = torch.deg2rad(curve(walk)[..., 0])
             rows = [a.cos(), -a.sin(), a.sin(), a.cos()]
         A = torch.stack(rows, -1).view(n, T, 2, 2) @ A
     return A
@@ -248,17 +333,14 @@ def sample_tubelets(B, T, H, W, args, device):
         path = linear_path(n, T, H, W, args.keyframes, args.delta, device)
     else:
         path = nonlinear_path(n, T, H, W, args.nonlinear_points, args.sigma, device)
-    ranges = dict(scale=args.scale_range, shear=args.shear_range, rotation=args.rotation_range)
-    matrix = transform_matrices(n, T, args.transform, args.keyframes, ranges, device)
+    matrix = transform_matrices(n, T, args, device)
 
     shape = torch.multinomial(torch.tensor(SHAPE_PROBS, device=device), n, replacement=True).view(B, M)
     # as in the authors' code half of the patches get a soft edge, alpha falling from 1 at 60-90% of the
     # way to the border down to 0; the others get a hard edge, anti-aliased over about one pixel
     soft = torch.rand(B, M, device=device) < 0.5
     edge = torch.where(soft, 0.1 + 0.3 * torch.rand(B, M, device=device), 1 / half.amin(-1))
-    K = max(2, min(args.keyframes, T))
-    opacity = OPACITY[0] + (OPACITY[1] - OPACITY[0]) * torch.rand(n, K, 1, device=device)
-    opacity = interpolate_keyframes(sample_keyframes(n, T, K, device), opacity, T)
+    opacity = keyframe_curve(n, T, uniform_values(*OPACITY, 1), args.recipe, args.keyframes, device, eased=False)
     # the patches are cut from one random frame of v1 (the thesis leaves the frame open; the authors' code
     # draws it at random) and replicated in time (Sec 5.3.2)
     source_frame = torch.randint(0, T, (B,), device=device)
@@ -562,24 +644,28 @@ def tubelet_benchmark(args, device, batch_size, iters, input_size=None):
 class PairDataset(torch.utils.data.Dataset):
     """Yields the two uint8 clips (T, H, W, 3) that become one positive pair.
 
-    tubelet:  v1 from video i and v2 from a random *other* video (Sec 5.3.2): the pair shares
-              nothing but the tubelets pasted into both later, on the device.
-    temporal: two random temporal crops of video i (the baseline of Sec 5.3.1 / Table 5.2).
+    tubelet:  v1 from video i and v2 from a random *other* video (Sec 5.3.2), each at its own random
+              stride (as the code): the pair shares nothing but the tubelets pasted into both later.
+    temporal: two random temporal crops of video i (the baseline of Sec 5.3.1 / Table 5.2) at one
+              random stride: the thesis describes no change of speed between them.
+    jitter: temporal jitter of the frame indices (`common.video.clip_indices`), as the code samples frames.
     """
 
-    def __init__(self, videos, mode):
-        self.videos, self.mode = videos, mode
+    def __init__(self, videos, mode, jitter=True):
+        self.videos, self.mode, self.jitter = videos, mode, jitter
 
     def __len__(self):
         return len(self.videos)
 
     def __getitem__(self, i):
-        v1, _, i = self.videos.load(i)
         if self.mode == "temporal":
-            v2, _, _ = self.videos.load(i)
+            stride = int(self.videos.rng().choice(self.videos.strides))
+            v1, _, i = self.videos.load(i, stride=stride, jitter=self.jitter)
+            v2, _, _ = self.videos.load(i, stride=stride, jitter=self.jitter)
         else:
+            v1, _, i = self.videos.load(i, jitter=self.jitter)
             j = (i + random.randrange(1, len(self.videos))) % len(self.videos)
-            v2, _, _ = self.videos.load(j)
+            v2, _, _ = self.videos.load(j, jitter=self.jitter)
         return square_crop(v1), square_crop(v2)
 
 
@@ -653,14 +739,19 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float, default=0.2, help="tau in Eq. 5.1")
     g.add_argument("--moco-momentum", type=float, default=0.999, help="key encoder momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--bn", choices=["sync", "shuffle"], default="sync",
+                   help="sync: BatchNorm statistics over the global batch (SyncBatchNorm under torchrun), as the "
+                        "authors' config (the thesis is silent); shuffle: MoCo's shuffle-BN (MoCo Sec 3.3)")
     g.add_argument("--bn-splits", type=int, default=4,
-                   help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "
-                        "shuffled and encoded in this many groups, the queries in as many groups in order, as MoCo's "
-                        "single-GPU demo; under torchrun the keys are shuffled across processes instead. 1 = off")
-    g.add_argument("--sync-bn", action="store_true",
-                   help="SyncBatchNorm across processes instead of MoCo's shuffle-BN")
+                   help="--bn shuffle in one process (CPU, one GPU): the key batch is shuffled and encoded in this "
+                        "many BatchNorm groups, the queries in as many groups in order, as MoCo's single-GPU demo; "
+                        "under torchrun the keys are shuffled across processes instead. 1 = off")
+    g.add_argument("--grad-clip", type=float, default=40.0,
+                   help="clip the gradient to this L2 norm, as the authors' config (the thesis is silent); 0 = off")
     g.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3, 4],
                    help="temporal strides a clip is sampled with, one drawn per clip (as the authors' code)")
+    g.add_argument("--temporal-jitter", action=argparse.BooleanOptionalAction, default=True,
+                   help="move each sampled frame on by a random 0..stride-1 frames, as the authors' frame sampler")
     g.add_argument("--short-side", type=int, default=128,
                    help="frames are resized to this short side while decoding; crops are taken from them")
     g.add_argument("--stop-epoch", type=int, default=None,
@@ -681,6 +772,8 @@ def parse_args(argv=None):
         parser.error("--train-list is required with --data-root (a 'path label' list or the Kinetics-400 CSV)")
     if args.data_root is None and args.train_list is not None:
         parser.error("--train-list needs --data-root, the folder its paths are relative to")
+    if args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: the cosine schedule needs at least one epoch")
     if not 0.0 < args.data_fraction <= 1.0:
         parser.error(f"--data-fraction {args.data_fraction} must be in (0, 1]")
     return args
@@ -739,6 +832,9 @@ def train_step(model, optimizer, scheduler, scaler, q, k, args, d):
         loss = F.cross_entropy(logits, labels)  # InfoNCE, Eq. 5.1
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if args.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     if scheduler is not None:
@@ -752,6 +848,9 @@ def main(argv=None):
     seed_everything(args.seed, d.rank)
     if d.device.type == "cpu":
         reuse_freed_cpu_memory()
+    torch.backends.cudnn.benchmark = True  # fixed input sizes
+    if args.bn == "sync" and d.distributed and d.device.type != "cuda":
+        raise SystemExit("--bn sync: SyncBatchNorm runs on GPUs only; use --bn shuffle for torchrun on CPUs")
     os.makedirs(args.out_dir, exist_ok=True)
     d.print(json.dumps(vars(args)))
     for line in args.presets:
@@ -763,7 +862,7 @@ def main(argv=None):
     samples = pretraining_videos(args, d)
     videos = VideoClipDataset(samples, clip_len=args.clip_len, strides=args.strides,
                               short_side=args.short_side, train=True, max_fail_fraction=args.max_bad_fraction)
-    dataset = PairDataset(videos, args.mode)
+    dataset = PairDataset(videos, args.mode, args.temporal_jitter)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) \
         if d.distributed else torch.utils.data.RandomSampler(dataset)
     loader = torch.utils.data.DataLoader(
@@ -777,8 +876,8 @@ def main(argv=None):
     # ---- model: MoCo around backbone + projection head ----
     model = MoCo(EncoderWithHead(args.backbone), dim=128, queue_size=args.queue_size,
                  momentum=args.moco_momentum, temperature=args.temperature,
-                 shuffle_bn=not args.sync_bn, bn_splits=args.bn_splits)
-    if args.sync_bn and d.distributed:
+                 shuffle_bn=args.bn == "shuffle", bn_splits=args.bn_splits)
+    if args.bn == "sync" and d.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)
     if d.distributed:
@@ -807,20 +906,21 @@ def main(argv=None):
         if d.distributed:
             sampler.set_epoch(epoch)
         model.train()
-        t_epoch, loss_sum, acc_sum = time.time(), 0.0, 0.0
+        t_epoch, sums = time.time(), torch.zeros(2, device=d.device)
         for it, (v1, v2) in enumerate(loader):
             v1 = v1.to(d.device, non_blocking=True)
             v2 = v2.to(d.device, non_blocking=True)
             q, k = make_views(v1, v2, args)  # Eq. 5.3-5.7, batched on the device
-            if args.save_examples and epoch == start_epoch and it == 0 and d.main:
-                save_examples(*make_views(v1, v2, args, normalize=False),
-                              os.path.join(args.out_dir, "examples.png"))
+            if args.save_examples and epoch == start_epoch and it == 0 and d.main:  # the pairs trained on
+                save_examples(q, k, os.path.join(args.out_dir, "examples.png"), denormalize=True)
             loss, acc = train_step(model, optimizer, scheduler, scaler, q, k, args, d)
-            loss, acc = loss.item(), acc.item()
-            check_finite(loss, epoch, it)
-            loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
-            progress.step(epoch, it, loss, scheduler.get_last_lr()[0])
+            sums += torch.stack([loss, acc])
+            if progress.due(it):  # the only host-device synchronisation of a step, every --print-freq
+                check_finite(sums[0].item(), epoch, it)
+                progress.step(epoch, it, loss.item(), scheduler.get_last_lr()[0])
 
+        loss_sum, acc_sum = sums.tolist()
+        check_finite(loss_sum, epoch, len(loader) - 1)
         record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)),
                       pos_top1=d.all_reduce_mean(acc_sum / len(loader)),
                       lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t_epoch, 1),

@@ -353,8 +353,12 @@ class Progress:
         self.global_batch = global_batch
         self.t_last, self.it_last = time.time(), 0
 
+    def due(self, it):
+        """True at the iterations that print: every `every`-th and the last of an epoch."""
+        return (it + 1) % self.every == 0 or it + 1 == self.n
+
     def step(self, epoch, it, loss, lr):
-        if not self.d.main or (it + 1) % self.every and it + 1 != self.n:
+        if not self.d.main or not self.due(it):
             return
         now = time.time()
         done_iters = (it + 1) - self.it_last

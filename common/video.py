@@ -141,20 +141,24 @@ def frame_rate(path):
 
 # ============ clip sampling ============
 
-def clip_indices(num_frames, clip_len, stride, start=None, rng=None):
+def clip_indices(num_frames, clip_len, stride, start=None, rng=None, jitter=False):
     """(clip_len,) int64 frame indices start, start + stride, ...
 
     start=None: random start, uniform over the positions where the clip fits (training);
-    `rng` is a numpy Generator (a fresh unseeded one if None). Indices past the end wrap around
-    (loop padding), so videos shorter than the clip span still give clip_len frames.
+    `rng` is a numpy Generator (a fresh unseeded one if None). jitter=True: temporal jitter, each index
+    moves on by its own random 0..stride-1 frames. Indices past the end wrap around (loop padding), so
+    videos shorter than the clip span still give clip_len frames.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    rng = np.random.default_rng() if rng is None and (start is None or jitter) else rng
     if start is None:
-        rng = np.random.default_rng() if rng is None else rng
-        span = (clip_len - 1) * stride + 1
+        span = clip_len * stride if jitter else (clip_len - 1) * stride + 1
         start = int(rng.integers(0, max(num_frames - span, 0) + 1))
-    return (start + stride * np.arange(clip_len, dtype=np.int64)) % num_frames
+    indices = start + stride * np.arange(clip_len, dtype=np.int64)
+    if jitter:
+        indices = indices + rng.integers(0, stride, clip_len)
+    return indices % num_frames
 
 
 def uniform_starts(num_frames, clip_len, stride, num_clips):
@@ -418,17 +422,18 @@ class VideoClipDataset(torch.utils.data.Dataset):
                                                rng, self.max_retries, errors=(VideoReadError,))
         return torch.from_numpy(frames), self.samples[i][1], i, indices
 
-    def load(self, i, start=None, stride=None, rng=None):
+    def load(self, i, start=None, stride=None, rng=None, jitter=False):
         """(clip uint8 (T, H, W, 3), label, index actually read) for one clip of video i.
 
-        start=None: random start; stride=None: random from `strides` (train) or strides[0].
-        A given start applies to video i; for a replacement video it wraps around its length.
-        Wrappers build on this, e.g. two clips per item for tubelet or temporal contrast.
+        start=None: random start; stride=None: random from `strides` (train) or strides[0];
+        jitter: temporal jitter (see `clip_indices`). A given start applies to video i; for a
+        replacement video it wraps around its length. Wrappers build on this, e.g. two clips per
+        item for tubelet or temporal contrast.
         """
         rng = self.rng() if rng is None else rng
         if stride is None:
             stride = int(rng.choice(self.strides)) if self.train else self.strides[0]
-        return self._read(i, lambda n: clip_indices(n, self.clip_len, stride, start, rng), rng)[:3]
+        return self._read(i, lambda n: clip_indices(n, self.clip_len, stride, start, rng, jitter), rng)[:3]
 
     def __getitem__(self, i):
         rng = self.rng()

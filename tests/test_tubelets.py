@@ -2,6 +2,7 @@
 import argparse
 import math
 
+import numpy as np
 import pytest
 import torch
 from torchvision.io import read_image
@@ -46,7 +47,8 @@ def test_defaults_are_the_papers():
     assert (a.mode, a.num_tubelets, a.patch_size, a.motion) == ("tubelet", 2, [16, 64], "nonlinear")
     assert (a.transform, a.keyframes, a.delta) == (("rotation",), 3, [40.0, 80.0])
     assert (a.nonlinear_points, a.sigma) == (48, 8.0)
-    assert (a.scale_range, a.rotation_range, a.shear_range) == ([0.5, 1.5], [-90.0, 90.0], [-1.5, 1.5])
+    assert (a.scale_range, a.rotation_range, a.shear_range) == ([0.5, 1.5], [-90.0, 90.0], [-1.0, 1.0])
+    assert a.recipe == "code"  # what produced Tables 5.2-5.8
     assert parser.parse_args(["--transform", "rotation,scale"]).transform == ("rotation", "scale")
     assert parser.parse_args(["--transform", "none"]).transform == ()
     with pytest.raises(SystemExit):
@@ -208,58 +210,109 @@ def test_nonlinear_paths_are_smooth_and_curved():
 
 def test_linear_paths_are_piecewise_linear_with_close_keyframes():
     torch.manual_seed(7)
-    n, W, K = 300, 64, 3
+    n, W, K = 2000, 64, 3
     path = tc.linear_path(n, 16, W, W, K, (20.0, 40.0), "cpu")
     assert path.shape == (n, 16, 2) and path.min() >= 0 and path.max() <= W
     bend = (path[:, 2:] - 2 * path[:, 1:-1] + path[:, :-2]).norm(dim=-1)  # at frames 1..14
     kinks = bend > 1e-3
     assert kinks.sum(1).max() <= K - 2  # straight between keyframes
     assert kinks.any(1).float().mean() > 0.9
-    for p, k in zip(path, kinks):
+    for p, k in zip(path[:300], kinks):
         keys = [0] + [i + 1 for i in k.nonzero().flatten().tolist()] + [15]
         assert max((p[b] - p[a]).norm().item() for a, b in zip(keys, keys[1:])) <= 40 + 1e-3
+    # keyframe centres are drawn inside the frame, not clamped onto its border (62% of tubelets had one there)
+    on_border = ((path == 0) | (path == W)).any(-1).any(-1)
+    assert on_border.float().mean() < 0.01
     straight = tc.linear_path(n, 16, W, W, 2, (20.0, 40.0), "cpu")
     assert ((straight[:, 2:] - 2 * straight[:, 1:-1] + straight[:, :-2]).norm(dim=-1) < 1e-3).all()
+    # uniform within the disc: some steps use most of Delta
+    steps = (straight[:, -1] - straight[:, 0]).norm(dim=-1)
+    assert steps.max() <= 40 + 1e-3 and (steps > 30).float().mean() > 0.05
 
 
 def test_keyframes():
-    kf = tc.sample_keyframes(500, 16, 4, "cpu")
+    kf = tc.random_keyframes(500, 16, 4, "cpu")
     assert (kf[:, 0] == 0).all() and (kf[:, -1] == 15).all() and (kf.diff(dim=1) > 0).all()
     assert len(torch.unique(kf[:, 1])) > 5
     values = torch.randn(500, 4, 2)
-    out = tc.interpolate_keyframes(kf, values, 16)
-    assert torch.allclose(out.gather(1, kf.unsqueeze(-1).expand(-1, -1, 2)), values, atol=1e-6)
+    for eased in (False, True):
+        out = tc.interpolate_keyframes(kf, values, 16, eased)
+        assert torch.allclose(out.gather(1, kf.unsqueeze(-1).expand(-1, -1, 2)), values, atol=1e-6)
+    # the code's keyframes at T = 16: [0, 15], [0, 6..9, 15], [0, 4..5, 9..10, 15]
+    assert tc.spaced_keyframes(3, 16, 0, "cpu").tolist() == [[0, 15]] * 3
+    one = tc.spaced_keyframes(2000, 16, 1, "cpu")[:, 1]
+    assert set(one.tolist()) == {6, 7, 8, 9}
+    two = tc.spaced_keyframes(2000, 16, 2, "cpu")
+    assert set(two[:, 1].tolist()) == {4, 5} and set(two[:, 2].tolist()) == {9, 10}
+    for T in (3, 4, 8):  # short clips: still strictly increasing
+        assert (tc.spaced_keyframes(100, T, 2, "cpu").diff(dim=1) > 0).all()
+    # eased segments: some frames off the straight line between the keyframes, never beyond them
+    kf2 = torch.tensor([[0, 15]]).repeat(3000, 1)
+    v = torch.tensor([0.0, 1.0]).view(1, 2, 1).expand(3000, 2, 1)
+    mid = tc.interpolate_keyframes(kf2, v, 16, eased=True)[:, 5, 0]
+    linear = 5 / 15
+    assert {round(x, 4) for x in mid.tolist()} == {round(linear, 4), round(linear ** 2, 4),
+                                                   round(1 - (1 - linear) ** 2, 4)}
+    assert abs((mid == mid.mode().values).float().mean().item() - 0.7) < 0.05
 
 
+def rotation_angles(A):
+    return torch.rad2deg(torch.atan2(A[..., 1, 0], A[..., 0, 0]))
+
+
+@pytest.mark.parametrize("recipe", ["code", "thesis"])
 @pytest.mark.parametrize("transform", [("scale",), ("shear",), ("rotation",), ("rotation", "scale")])
-def test_transformations_start_at_identity_and_change_over_time(transform):
+def test_transformations_start_at_identity_and_change_over_time(transform, recipe):
     torch.manual_seed(8)
-    args = make_args()
-    ranges = dict(scale=args.scale_range, shear=args.shear_range, rotation=args.rotation_range)
-    A = tc.transform_matrices(200, 16, transform, 3, ranges, "cpu")
+    args = make_args(transform=transform, recipe=recipe)
+    A = tc.transform_matrices(200, 16, args, "cpu")
     eye = torch.eye(2)
     assert torch.allclose(A[:, 0], eye.expand(200, 2, 2))
-    assert ((A[:, -1] - eye).abs().amax((1, 2)) > 1e-3).all()
+    changed = (A[:, -1] - eye).abs().amax((1, 2)) > 1e-3
+    assert changed.float().mean() > 0.9
     if transform == ("rotation",):
         assert torch.allclose(A @ A.transpose(-1, -2), eye.expand_as(A), atol=1e-5)
-        angle = torch.rad2deg(torch.atan2(A[..., 1, 0], A[..., 0, 0]))
-        assert angle.abs().max() <= 90 + 1e-3 and angle.abs().max() > 80
+        angle = rotation_angles(A)
+        assert angle.abs().max() <= 90 + 1e-3 and angle.abs().max() > 60
     if transform == ("scale",):
         assert (A[..., 0, 1] == 0).all() and (A[..., 1, 0] == 0).all()
         diag = torch.stack([A[..., 0, 0], A[..., 1, 1]])
         assert diag.min() >= 0.5 - 1e-6 and diag.max() <= 1.5 + 1e-6
     if transform == ("shear",):
         assert torch.allclose(torch.linalg.det(A), torch.ones(200, 16), atol=1e-4)
-        assert A[..., 0, 1].abs().max() <= 1.5 + 1e-6
+        assert A[..., 0, 1].abs().max() <= 1.0 + 1e-6
 
     # pasting the patch back where it was cut: unchanged at t = 0 (identity), changed later
-    tub = tc.sample_tubelets(B, T, CROP, CROP, make_args(motion="none", transform=transform), "cpu")
+    tub = tc.sample_tubelets(B, T, CROP, CROP, make_args(motion="none", transform=transform, recipe=recipe), "cpu")
     tub.path[:] = tub.source_centre.unsqueeze(2)
     source = torch.rand(B, 3, CROP, CROP) * 255
     clip = source.unsqueeze(2).repeat(1, 1, T, 1, 1)
     tc.paste_tubelets([clip], source, tub)
     assert torch.allclose(clip[:, :, 0], source, atol=0.02)
-    assert ((clip[:, :, -1] - source).abs().amax((1, 2, 3)) > 10).all()
+    assert ((clip[:, :, -1] - source).abs().amax((1, 2, 3)) > 10).any()
+
+
+def test_code_recipe_bounds_the_change_per_frame():
+    """The authors' rotation is a walk of at most 6 deg/frame on average over a segment (an eased segment peaks at
+    twice that), shear one of 0.066/frame on x only, y only or both; the text's uniform draws turned 31% of
+    tubelets by more than 20 degrees in one frame."""
+    torch.manual_seed(10)
+    n = 4000
+    angle = rotation_angles(tc.transform_matrices(n, 16, make_args(transform=("rotation",)), "cpu"))
+    step = angle.diff(dim=1).abs()
+    assert step.max() <= 12 + 1e-3 and angle.abs().max() <= 90 + 1e-3
+    assert 2 < step.mean() < 4  # a uniform walk: 3 deg/frame on average
+    thesis = rotation_angles(tc.transform_matrices(n, 16, make_args(transform=("rotation",), recipe="thesis"), "cpu"))
+    assert (thesis.diff(dim=1).abs().amax(1) > 20).float().mean() > 0.2
+
+    A = tc.transform_matrices(n, 16, make_args(transform=("shear",)), "cpu")
+    r, s = A[..., 0, 1], A[..., 1, 0]
+    for f in (r, s):
+        assert f.diff(dim=1).abs().max() <= 2 * 0.066 + 1e-5 and f.abs().max() <= 15 * 0.066 + 1e-5
+    x_only = (s.abs().amax(1) == 0) & (r.abs().amax(1) > 0)
+    y_only = (r.abs().amax(1) == 0) & (s.abs().amax(1) > 0)
+    for kind in (x_only, y_only):
+        assert abs(kind.float().mean().item() - 1 / 3) < 0.05
 
 
 def test_random_crop_flip_is_a_scaled_window():
@@ -305,3 +358,40 @@ def test_save_examples_and_benchmark(tmp_path, capsys):
 def test_make_views_with_differently_sized_clips():
     q, k = tc.make_views(random_clips(h=72, w=96), random_clips(h=64, w=64), make_args())
     assert q.shape == k.shape == (B, 3, T, CROP, CROP)
+
+
+class RecordingVideos:
+    """Stands in for VideoClipDataset: records the stride and jitter of each clip PairDataset asks for."""
+    strides = (1, 2, 3, 4)
+
+    def __init__(self):
+        self.calls = []
+
+    def __len__(self):
+        return 10
+
+    def rng(self):
+        return np.random.default_rng(len(self.calls))
+
+    def load(self, i, stride=None, jitter=False):
+        self.calls.append((i, stride, jitter))
+        return torch.zeros(2, 6, 8, 3, dtype=torch.uint8), 0, i
+
+
+def test_temporal_pairs_share_one_stride_tubelet_pairs_do_not():
+    videos = RecordingVideos()
+    for i in range(20):
+        tc.PairDataset(videos, "temporal")[i % 10]
+    pairs = list(zip(videos.calls[::2], videos.calls[1::2]))
+    assert all(a[0] == b[0] and a[1] == b[1] and a[1] in videos.strides and a[2] for a, b in pairs)
+    assert len({a[1] for a, _ in pairs}) > 1  # the stride is random per pair
+    videos.calls.clear()
+    tc.PairDataset(videos, "tubelet", jitter=False)[3]
+    (i, s1, j1), (k, s2, j2) = videos.calls
+    assert i == 3 and k != 3 and s1 is None and s2 is None and not j1  # two videos, each its own stride
+
+
+def test_epochs_zero_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        tc.parse_args(["--epochs", "0"])
+    assert "--epochs 0" in capsys.readouterr().err

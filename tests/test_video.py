@@ -119,6 +119,16 @@ def test_clip_indices():
     assert clip_indices(5, 4, 2, start=0).tolist() == [0, 2, 4, 1]
 
 
+def test_clip_indices_with_temporal_jitter():
+    rng = np.random.default_rng(1)
+    grids = np.stack([clip_indices(100, 8, 3, rng=rng, jitter=True) - 3 * np.arange(8) for _ in range(300)])
+    low = grids.min(1)  # index i is start + 3 i + o_i with o_i in 0..2
+    assert (grids.max(1) - low <= 2).all() and (grids.max(1) + 21 <= 99).all()  # the span fits: no wrap
+    offsets = grids - low[:, None]
+    assert set(np.unique(offsets)) == {0, 1, 2} and len({tuple(o) for o in offsets}) > 100
+    assert clip_indices(100, 4, 1, start=5, rng=rng, jitter=True).tolist() == [5, 6, 7, 8]  # stride 1: none
+
+
 def test_uniform_starts():
     assert uniform_starts(100, 16, 1, 1) == [42]  # centre clip
     assert uniform_starts(100, 16, 1, 3) == [0, 42, 84]
