@@ -1654,6 +1654,9 @@ def parse_args(argv=None):
     g.add_argument("--task", default="auto", choices=["auto", "retrieval", "cluster"],
                    help="auto: the setup's task; retrieval: Recall@k of test clips against the training set; "
                         "cluster: k-means on frozen features (silhouette, purity)")
+    g.add_argument("--synthetic-videos", type=int, default=12, metavar="N",
+                   help="without --data-root: videos per class of the built-in synthetic dataset (the last "
+                        "quarter of each class is its validation split)")
     g.add_argument("--checkpoint", default=None, help="pretrained weights; none = --init scratch")
     g.add_argument("--format", default="auto", help="checkpoint layout: " + ", ".join(CHECKPOINT_FORMATS) +
                    " (auto guesses from the keys). Old pickles that weights_only=True cannot open are "
@@ -1708,9 +1711,9 @@ def setup_data(args, d, setup):
     """(train samples, test samples, targets per sample index, num_outputs) with paths under --data-root."""
     if args.data_root is None:
         if d.main:
-            synthetic_video_dataset()
+            synthetic_video_dataset(videos_per_class=args.synthetic_videos)
         d.barrier()
-        synthetic = synthetic_video_dataset()
+        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos)
         root, num_classes = synthetic["root"], len(synthetic["classes"])
         train = read_video_list(synthetic["train_list"], root)
         test = read_video_list(synthetic["val_list"], root)

@@ -9,7 +9,7 @@ this positive pair apart from clips with other tubelets learns motion rather tha
     # a CPU smoke run on the built-in synthetic videos (a few minutes)
     python tubelet_contrast.py
     # one GPU, Mini-Kinetics (Sec 5.4.1: batch 32, queue 16,384)
-    python tubelet_contrast.py --data-root data/kinetics --train-list mini_kinetics_train.txt \
+    python tubelet_contrast.py --data-root data/kinetics --train-list minikinetics_train.txt \
         --batch-size 32 --queue-size 16384 --workers 8 --amp --out-dir runs/tubelets_minik
     # 8 GPUs on one node, Kinetics-400 (--batch-size is the global batch: 128 = 8 x 16, queue 65,536)
     torchrun --nproc_per_node=8 tubelet_contrast.py --data-root data/kinetics \
@@ -106,6 +106,38 @@ def add_augmentation_args(parser):
                    help="probability of each colour jitter (brightness, contrast, hue+saturation); 0.2 as in the "
                         "authors' code. In tubelet mode the pair shares the jitter (Sec 5.4.1)")
     return g
+
+
+# ----- a positive pair (Sec 5.3.2) -----
+
+@torch.no_grad()
+def make_views(v1, v2, args, normalize=True):
+    """Builds a batch of positive pairs (query v^1, key v^2).
+
+    v1, v2: uint8 (B, T, H, W, 3) clips as decoded (H, W >= crop size), on the training device.
+    tubelet mode: v1, v2 come from two different videos; each gets its own crop and flip, M tubelets cut from
+    the augmented v1 are pasted into both (Eq. 5.3-5.4), then both get the same colour jitter (Sec 5.3.2).
+    temporal mode: v1, v2 are two temporal crops of one video, each cropped, flipped and jittered on its own.
+    Returns float (B, 3, T, crop, crop) each, normalised with KINETICS_MEAN / STD, or in [0, 1] when
+    normalize=False (for pictures). On the CPU, call `reuse_freed_cpu_memory` once first (main does).
+    """
+    crop = getattr(args, "crop_size", 112)
+    B, T, dev = v1.shape[0], v1.shape[1], v1.device
+    prob = getattr(args, "jitter_prob", 0.2)
+    if v1.shape == v2.shape:  # (2B, 3, T, crop, crop): v1 then v2, each cropped on its own
+        x = random_crop_flip([v1, v2], crop)
+    else:
+        x = torch.cat([random_crop_flip(v1, crop), random_crop_flip(v2, crop)])
+    if args.mode == "temporal":
+        jitter = sample_color_jitter(2 * B, prob, dev)
+    else:
+        x1, x2 = x[:B], x[B:]
+        tub = sample_tubelets(B, T, crop, crop, args, dev)
+        source = x1[torch.arange(B, device=dev), :, tub.source_frame]  # (B, 3, H, W), a copy
+        paste_tubelets([x1, x2], source, tub)
+        jitter = [j.repeat(2, *[1] * (j.dim() - 1)) for j in sample_color_jitter(B, prob, dev)]  # shared
+    out = apply_color(x, *jitter, normalize)
+    return out[:B], out[B:]
 
 
 # ----- keyframes (Eq. 5.5, 5.7): per-frame parameters from their values at a few frames -----
@@ -360,44 +392,6 @@ def shape_alpha(n, shape, edge):
     return ((1 - dist) / edge).clamp_(0, 1)
 
 
-def _shape_span(n0, dn, shape):
-    """Where a pixel row crosses a patch shape. Along the row the normalised patch coordinates are
-    n0 + X dn ((R, 2) each, X the pixel-centre x); returns the interval [lo, hi] (R,) of X with distance
-    <= 1 (lo > hi when the row misses the shape). shape (R,) long as in `shape_alpha`."""
-    inf = torch.full_like(n0[:, 0], math.inf)
-
-    def slab(a, da):  # |a + X da| <= 1; when da == 0, the whole row or nothing
-        x1, x2 = (-1 - a) / da, (1 - a) / da
-        inside, flat = a.abs() <= 1, da == 0
-        return (torch.where(flat, torch.where(inside, -inf, inf), torch.minimum(x1, x2)),
-                torch.where(flat, torch.where(inside, inf, -inf), torch.maximum(x1, x2)))
-
-    def both(s1, s2):
-        return torch.maximum(s1[0], s2[0]), torch.minimum(s1[1], s2[1])
-
-    rectangle = both(slab(n0[:, 0], dn[:, 0]), slab(n0[:, 1], dn[:, 1]))
-    rhombus = both(slab(n0[:, 0] + n0[:, 1], dn[:, 0] + dn[:, 1]), slab(n0[:, 0] - n0[:, 1], dn[:, 0] - dn[:, 1]))
-    a, b, c = (dn * dn).sum(1), (n0 * dn).sum(1), (n0 * n0).sum(1) - 1  # ellipse: a X^2 + 2 b X + c <= 0
-    disc = b * b - a * c
-    root = disc.clamp(min=0).sqrt()
-    ellipse = torch.where(disc < 0, inf, (-b - root) / a), torch.where(disc < 0, -inf, (-b + root) / a)
-    return tuple(torch.where(shape == 0, r, torch.where(shape == 1, e, h))
-                 for r, e, h in zip(rectangle, ellipse, rhombus))
-
-
-def _pixel_range(lo, hi, size):
-    """First pixel and number of pixels (long) among 0..size-1 whose centres (i + 0.5) lie in [lo, hi]."""
-    first = torch.ceil(lo - 0.5).clamp(0, size)
-    last = torch.floor(hi - 0.5).clamp(-1, size - 1)
-    return first.long(), (last - first + 1).clamp(min=0).long()
-
-
-def _inverse_2x2(A):
-    """Inverse of (..., 2, 2) matrices."""
-    a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
-    return torch.stack([d, -b, -c, a], -1).view(A.shape) / (a * d - b * c)[..., None, None]
-
-
 def paste_tubelets(clips, source, tub):
     """Eq. 5.3-5.4: overlays the tubelets onto every clip in `clips`, in place.
 
@@ -405,61 +399,26 @@ def paste_tubelets(clips, source, tub):
     patches are cut from (taken before pasting). Every clip gets the same patch at the same place with the
     same transformation and alpha, so the positive pair shares exactly the tubelets.
 
-    Only the pixels a patch covers are touched. For each tubelet index m, the transformed patches of all
-    B*T frames are rasterised into one flat list of pixels (the rows each patch crosses, and in each row the
-    span inside its shape). A pixel centre X maps back to normalised patch coordinates
-    n = A^-1 (X - centre) / half (Eq. 5.7), which give its alpha (`shape_alpha`), and to the source frame at
-    source_centre + n * half, where one grid_sample over all pixels reads its colour (bilinear). The pixels
-    are blended into the clips through flat indices (take / put_).
+    Per tubelet and frame, every pixel centre X maps back to normalised patch coordinates
+    n = A^-1 (X - centre) / half (Eq. 5.7), which give its alpha (`shape_alpha`, 0 outside the patch), and
+    to the source frame at source_centre + n * half, where grid_sample reads its colour (bilinear).
     """
     B, _, T, H, W = clips[0].shape
-    dev, M = source.device, tub.path.shape[1]
-    # the source frames stacked vertically, with a replicated row above and below each so that bilinear
-    # sampling never reaches into the neighbouring clip: one image (1, 3, B * (H + 2), W) for grid_sample
-    stack = F.pad(source, (0, 0, 1, 1), mode="replicate").transpose(0, 1).reshape(1, 3, B * (H + 2), W)
-    to_grid = torch.tensor([2 / W, 2 / (B * (H + 2))], device=dev)  # pixels -> [-1, 1], align_corners=False
-    frame_offset = torch.arange(B * T, device=dev)
-    frame_offset = frame_offset // T * (3 * T * H * W) + frame_offset % T * (H * W)  # frame (b, t) in a clip
-    stack_y = (torch.arange(B, device=dev) * (H + 2) + 1).repeat_interleave(T)  # frame (b, t) in the stack
-    for m in range(M):  # larger patches first
-        A, centre = tub.matrix[:, m].reshape(B * T, 2, 2), tub.path[:, m].reshape(B * T, 2)
-        half = tub.half_size[:, m].repeat_interleave(T, dim=0)
-        source_centre = tub.source_centre[:, m].repeat_interleave(T, dim=0)
-        source_centre[:, 1] += stack_y
-        # per frame, the affine map of a pixel centre: (X, Y) -> lin @ (X, Y) + off = (n, grid coordinates)
-        inv = _inverse_2x2(A)
-        lin = torch.cat([inv / half.unsqueeze(-1), inv * to_grid.view(1, 2, 1)], 1)  # (B*T, 4, 2)
-        off = torch.cat([torch.zeros_like(half), source_centre * to_grid - 1], 1) \
-            - (lin @ centre.unsqueeze(-1)).squeeze(-1)
-
-        # rasterise: the rows within the patch's bounding box (half height |A_10| W'/2 + |A_11| H'/2), and
-        # in each row the pixels inside the shape; along a row the map is at_row + X * slope, (R, 4) each
-        half_height = (A[:, 1].abs() * half).sum(1)
-        y_first, rows = _pixel_range(centre[:, 1] - half_height, centre[:, 1] + half_height, H)
-        row_frame = torch.repeat_interleave(torch.arange(B * T, device=dev), rows)
-        row_y = y_first[row_frame] + torch.arange(len(row_frame), device=dev) - (rows.cumsum(0) - rows)[row_frame]
-        at_row = off[row_frame] + lin[row_frame, :, 1] * (row_y + 0.5).unsqueeze(1)
-        slope = lin[row_frame, :, 0]
-        shape = tub.shape[:, m].repeat_interleave(T)[row_frame]
-        x_first, width = _pixel_range(*_shape_span(at_row[:, :2], slope[:, :2], shape), W)
-
-        # per pixel (P of them): x and flat index in a clip (B, 3, T, H, W), n and grid coordinates, alpha
-        pixel_row = torch.repeat_interleave(torch.arange(len(row_frame), device=dev), width)
-        x_start = x_first - (width.cumsum(0) - width)  # x of pixel p in its row: x_start + p
-        ints = torch.stack([x_start, frame_offset[row_frame] + row_y * W + x_start])
-        ints = ints.index_select(1, pixel_row) + torch.arange(len(pixel_row), device=dev)  # (2, P)
-        per_frame = torch.stack([tub.edge[:, m].repeat_interleave(T), tub.opacity[:, m].reshape(-1)], 1)
-        per_row = torch.cat([at_row, slope, shape.unsqueeze(1).float(), per_frame[row_frame]], 1)
-        per_pixel = per_row.t().contiguous().index_select(1, pixel_row)  # (11, P)
-        coords = torch.addcmul(per_pixel[:4], per_pixel[4:8], ints[0].float().add_(0.5))  # (4, P)
-        alpha = shape_alpha(coords[:2].t(), per_pixel[8], per_pixel[9]).mul_(per_pixel[10])
-
-        colour = F.grid_sample(stack, coords[2:].t().reshape(1, 1, -1, 2), mode="bilinear",
-                               padding_mode="border", align_corners=False).view(3, -1)
-        index = ints[1] + torch.arange(3, device=dev).view(3, 1) * (T * H * W)  # (3, P), channel planes
+    dev = source.device
+    ys, xs = torch.meshgrid(torch.arange(H, device=dev) + 0.5, torch.arange(W, device=dev) + 0.5, indexing="ij")
+    pixels = torch.stack([xs, ys], -1).view(1, 1, H * W, 2)
+    to_grid = torch.tensor([2 / W, 2 / H], device=dev)  # pixels -> [-1, 1], align_corners=False
+    for m in range(tub.path.shape[1]):  # larger patches first
+        half = tub.half_size[:, m].view(B, 1, 1, 2)
+        inverse = torch.linalg.inv(tub.matrix[:, m]).transpose(-1, -2)  # (B, T, 2, 2)
+        n = (pixels - tub.path[:, m].unsqueeze(2)) @ inverse / half  # (B, T, H*W, 2)
+        alpha = shape_alpha(n, tub.shape[:, m].view(B, 1, 1), tub.edge[:, m].view(B, 1, 1))
+        alpha = (alpha * tub.opacity[:, m].unsqueeze(-1)).view(B, 1, T, H, W)
+        grid = (tub.source_centre[:, m].view(B, 1, 1, 2) + n * half) * to_grid - 1
+        colour = F.grid_sample(source, grid.view(B, T * H, W, 2), mode="bilinear", padding_mode="border",
+                               align_corners=False).view(B, 3, T, H, W)
         for clip in clips:
-            flat = clip.view(-1)
-            flat.put_(index, flat.take(index).lerp_(colour, alpha))
+            clip.lerp_(colour, alpha)
     return clips
 
 
@@ -551,36 +510,6 @@ def apply_color(x, matrix, offset, normalize=True):
     for c in range(3):  # [0, 1] before normalisation
         out[:, c].clamp_(-mean[c] / std[c], (1 - mean[c]) / std[c])
     return out.view_as(x)
-
-
-@torch.no_grad()
-def make_views(v1, v2, args, normalize=True):
-    """Builds a batch of positive pairs (query v^1, key v^2).
-
-    v1, v2: uint8 (B, T, H, W, 3) clips as decoded (H, W >= crop size), on the training device.
-    tubelet mode: v1, v2 come from two different videos; each gets its own crop and flip, M tubelets cut from
-    the augmented v1 are pasted into both (Eq. 5.3-5.4), then both get the same colour jitter (Sec 5.3.2).
-    temporal mode: v1, v2 are two temporal crops of one video, each cropped, flipped and jittered on its own.
-    Returns float (B, 3, T, crop, crop) each, normalised with KINETICS_MEAN / STD, or in [0, 1] when
-    normalize=False (for pictures). On the CPU, call `reuse_freed_cpu_memory` once first (main does).
-    """
-    crop = getattr(args, "crop_size", 112)
-    B, T, dev = v1.shape[0], v1.shape[1], v1.device
-    prob = getattr(args, "jitter_prob", 0.2)
-    if v1.shape == v2.shape:  # (2B, 3, T, crop, crop): v1 then v2, each cropped on its own
-        x = random_crop_flip([v1, v2], crop)
-    else:
-        x = torch.cat([random_crop_flip(v1, crop), random_crop_flip(v2, crop)])
-    if args.mode == "temporal":
-        jitter = sample_color_jitter(2 * B, prob, dev)
-    else:
-        x1, x2 = x[:B], x[B:]
-        tub = sample_tubelets(B, T, crop, crop, args, dev)
-        source = x1[torch.arange(B, device=dev), :, tub.source_frame]  # (B, 3, H, W), a copy
-        paste_tubelets([x1, x2], source, tub)
-        jitter = [j.repeat(2, *[1] * (j.dim() - 1)) for j in sample_color_jitter(B, prob, dev)]  # shared
-    out = apply_color(x, *jitter, normalize)
-    return out[:B], out[B:]
 
 
 # ----- pictures and speed -----
@@ -682,9 +611,9 @@ def pretraining_videos(args, d):
     """The video list (Kinetics-400 CSV or 'path label' list), optionally a random fraction of it."""
     if args.data_root is None:
         if d.main:  # rank 0 writes the synthetic dataset once (cached); the others wait for it
-            synthetic_video_dataset()
+            synthetic_video_dataset(videos_per_class=args.synthetic_videos)
         d.barrier()
-        synthetic = synthetic_video_dataset()
+        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos)
         samples = read_samples(synthetic["train_list"], synthetic["root"])
     else:
         samples = read_samples(args.train_list, args.data_root)
@@ -757,6 +686,9 @@ def parse_args(argv=None):
     g.add_argument("--stop-epoch", type=int, default=None,
                    help="end the run after this many epochs while the cosine schedule still spans --epochs "
                         "(the authors stopped their 200-epoch schedule after 100: --epochs 200 --stop-epoch 100)")
+    g.add_argument("--synthetic-videos", type=int, default=12, metavar="N",
+                   help="without --data-root: videos per class of the built-in synthetic dataset (the last "
+                        "quarter of each class is its validation split)")
     g.add_argument("--data-fraction", type=float, default=1.0,
                    help="pretrain on this random fraction of the videos, drawn by --seed (Fig. 5.6: 0.05 ... 0.5)")
     g = parser.add_argument_group("tools")
