@@ -429,38 +429,27 @@ def random_crop_flip(clips, crop_size):
     (sum B, 3, T, crop, crop) in [0, 255]; each clip gets its own crop and flip.
 
     Multi-scale crop as in the authors' code (frames resized so that the short side is crop * s, s drawn per
-    clip from SCALES, then a random crop x crop window, flipped with p = 0.5), done as: a random square
-    window of side short / s (rounded) is cut and flipped (nearest-neighbour grid_sample, an exact copy of
-    pixels, with the T frames as channels), then resized to crop x crop (bilinear), clips of one scale at once.
+    clip from SCALES, then a random crop x crop window, flipped with p = 0.5), done as one bilinear
+    grid_sample per batch: a random square window of side short / s (whole pixels, at a whole-pixel position),
+    flipped, is sampled at crop x crop points, as resizing it would (bilinear, no antialiasing).
     """
-    clips = [clips] if torch.is_tensor(clips) else list(clips)
-    _, T, H, W, _ = clips[0].shape
-    dev, B, c = clips[0].device, sum(len(clip) for clip in clips), crop_size
-    starts = torch.tensor([0] + [len(clip) for clip in clips]).cumsum(0).tolist()
-    scale = torch.randint(len(SCALES), (B,), device=dev)
-    out = torch.empty(B, 3, T, c, c, device=dev)
-    for k, s in enumerate(SCALES):
-        members = (scale == k).nonzero().squeeze(1)
-        n = len(members)
-        if n == 0:
-            continue
-        frames = torch.cat([clip.index_select(0, members[(members >= a) & (members < a + len(clip))] - a)
-                            for clip, a in zip(clips, starts)])  # uint8 (n, T, H, W, 3)
-        x = torch.empty(n, 3, T, H, W, device=dev)
-        x.copy_(frames.permute(0, 4, 1, 2, 3))
-        side = min(round(min(H, W) / s), H, W)
-        x0 = torch.randint(0, W - side + 1, (n,), device=dev)
-        y0 = torch.randint(0, H - side + 1, (n,), device=dev)
-        flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
-        zero = torch.zeros(n, device=dev)
-        theta = torch.stack([flip * side / W, zero, (x0 + side / 2) * 2 / W - 1,
-                             zero, zero + side / H, (y0 + side / 2) * 2 / H - 1], 1).view(n, 2, 3)
-        grid = F.affine_grid(theta, (n, 1, side, side), align_corners=False)
-        window = F.grid_sample(x.view(n, 3 * T, H, W), grid, mode="nearest", align_corners=False)
-        if side != c:
-            window = F.interpolate(window, size=(c, c), mode="bilinear", align_corners=False)
-        out.index_copy_(0, members, window.view(n, 3, T, c, c))
-    return out
+    x = clips if torch.is_tensor(clips) else torch.cat(list(clips))
+    B, T, H, W, _ = x.shape
+    dev, c = x.device, crop_size
+    s = torch.tensor(SCALES, device=dev)[torch.randint(len(SCALES), (B,), device=dev)]
+    side = (min(H, W) / s).round().clamp(max=min(H, W))
+    x0 = (torch.rand(B, device=dev) * (W - side + 1)).floor()
+    y0 = (torch.rand(B, device=dev) * (H - side + 1)).floor()
+    flip = torch.where(torch.rand(B, device=dev) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(B, device=dev)
+    theta = torch.stack([flip * side / W, zero, (x0 + side / 2) * 2 / W - 1,
+                         zero, side / H, (y0 + side / 2) * 2 / H - 1], 1).view(B, 2, 3)
+    grid = F.affine_grid(theta, (B, 1, c, c), align_corners=False)
+    frames = torch.empty(B, 3, T, H, W, device=dev)
+    frames.copy_(x.permute(0, 4, 1, 2, 3))
+    out = F.grid_sample(frames.view(B, 3 * T, H, W), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.view(B, 3, T, c, c)
 
 
 # YIQ: Y is luma, (I, Q) chroma; rotating (I, Q) shifts hue, scaling it changes saturation.
@@ -512,7 +501,7 @@ def apply_color(x, matrix, offset, normalize=True):
     return out.view_as(x)
 
 
-# ----- pictures and speed -----
+# ----- pictures -----
 
 def save_examples(query, key, path, max_pairs=4, frames=4, denormalize=False):
     """PNG grid: one row per pair, `frames` evenly spaced frames of v^1 then of v^2.
@@ -527,45 +516,6 @@ def save_examples(query, key, path, max_pairs=4, frames=4, denormalize=False):
     rows = torch.cat([q[:, :, t], k[:, :, t]], dim=2)  # (P, 3, 2 * frames, H, W)
     tiles = rows.permute(0, 2, 1, 3, 4).flatten(0, 1).clamp(0, 1)
     save_image(tiles, path, nrow=2 * frames, padding=2, pad_value=1.0)
-
-
-@torch.no_grad()
-def tubelet_benchmark(args, device, batch_size, iters, input_size=None):
-    """Tubelet pairs per second: make_views in tubelet mode (crop, flip, tubelets, colour jitter; decoding
-    excluded) on random uint8 clips, batches of batch_size pairs of clip_len frames, mean over `iters` calls
-    after two warm-up calls. input_size (H, W) of the decoded clips defaults to a square of args.short_side,
-    else of 8/7 crop (128 x 128 for 112). Also prints the time of the same call without tubelets (temporal mode)
-    and of the tubelets alone (sample_tubelets + paste_tubelets into two clips)."""
-    crop, T = getattr(args, "crop_size", 112), getattr(args, "clip_len", 16)
-    side = getattr(args, "short_side", None) or crop * 8 // 7
-    H, W = input_size or (side, side)
-    v1 = torch.randint(0, 256, (batch_size, T, H, W, 3), dtype=torch.uint8, device=device)
-    v2 = torch.randint(0, 256, (batch_size, T, H, W, 3), dtype=torch.uint8, device=device)
-    x = [torch.rand(batch_size, 3, T, crop, crop, device=device) * 255 for _ in range(2)]
-
-    def seconds(fn):
-        for _ in range(2):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) / iters
-
-    tubelet_args = argparse.Namespace(**{**vars(args), "mode": "tubelet"})
-    full = seconds(lambda: make_views(v1, v2, tubelet_args))
-    plain = seconds(lambda: make_views(v1, v2, argparse.Namespace(**{**vars(args), "mode": "temporal"})))
-    tubes = seconds(lambda: paste_tubelets(x, x[0][:, :, 0].clone(),
-                                           sample_tubelets(batch_size, T, crop, crop, tubelet_args, device)))
-    print(f"make_views with tubelets ({args.motion} motion, {'+'.join(args.transform) or 'no'} transformation, "
-          f"M={args.num_tubelets}), batch {batch_size} of {T}x{H}x{W} -> {T}x{crop}x{crop} on {device}: "
-          f"{batch_size / full:.1f} pairs/s ({1000 * full:.0f} ms); without tubelets (crop, flip, jitter) "
-          f"{1000 * plain:.0f} ms; tubelets alone {1000 * tubes:.0f} ms ({batch_size / tubes:.0f} pairs/s)",
-          flush=True)
-    return batch_size / full
 
 
 # ============ data: pairs of clips (Sec 5.3.1, 5.3.2) ============
@@ -644,11 +594,12 @@ class EncoderWithHead(nn.Module):
 # ============ arguments ============
 
 # Without --data-root the script pretrains on the small built-in synthetic dataset; these
-# CPU-sized values replace the paper's defaults there unless the flag is given explicitly.
-# Shuffle-BN in 2 groups of 2 clips: 4 groups of 1 made the CPU step 1.8x slower (2.92 s vs 1.58 s at
-# batch 4; 1.76 s with 2 groups) and BatchNorm statistics of single clips.
-SYNTHETIC_PRESET = dict(epochs=5, batch_size=4, clip_len=8, crop_size=64, patch_size=[8, 32],
-                        delta=[20, 40], queue_size=256, workers=2, print_freq=6, bn_splits=2)
+# CPU-sized values replace the paper's defaults there unless the flag is given explicitly. 32 x 32 crops
+# of 8 frames keep the patch / frame ratio of Sec 5.4.1 (4-16 px of 32 as 16-64 of 112) at a third of the
+# step time of 64 x 64; a 64-key queue is refreshed every 16 steps. One process: shuffle-BN in 2 groups
+# (4 groups of 1 made the step 1.8x slower at 64 x 64).
+SYNTHETIC_PRESET = dict(epochs=5, batch_size=4, clip_len=8, crop_size=32, short_side=40, patch_size=[4, 16],
+                        delta=[10, 20], queue_size=64, workers=2, print_freq=6, bn="shuffle", bn_splits=2)
 PRESETS = [("synthetic (no --data-root)", lambda a: a.data_root is None, SYNTHETIC_PRESET)]
 
 
@@ -713,41 +664,63 @@ def parse_args(argv=None):
 
 # ============ benchmark ============
 
-def benchmark(args, d, loader, model, optimizer):
-    """Throughput of the three parts of a step on this device; prints one line per figure."""
-    bs, iters = args.batch_size, args.benchmark_iters
-    pairs_per_s = tubelet_benchmark(args, d.device, bs, iters)
-    print(f"tubelet pairs/s: {pairs_per_s:.1f}  (make_views: crop, flip, tubelets, colour jitter; "
-          f"batch {bs}, {args.clip_len}x{args.crop_size}x{args.crop_size}, {d.device})", flush=True)
+def seconds_per_call(fn, device, iters):
+    """Mean wall time of fn() over `iters` calls after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / iters
 
-    batches = forever(loader)
+
+@torch.no_grad()
+def tubelet_benchmark(args, device, batch_size, iters):
+    """(pairs/s of make_views in tubelet mode, pairs/s of the tubelets alone) on random uint8 clips of
+    clip_len frames, short_side x short_side (decoding excluded); prints both and make_views without tubelets."""
+    crop, T = args.crop_size, args.clip_len
+    side = getattr(args, "short_side", crop * 8 // 7)
+    v1, v2 = (torch.randint(0, 256, (batch_size, T, side, side, 3), dtype=torch.uint8, device=device) for _ in "12")
+    x = [torch.rand(batch_size, 3, T, crop, crop, device=device) * 255 for _ in range(2)]
+    tubelet_args = argparse.Namespace(**{**vars(args), "mode": "tubelet"})
+    full = seconds_per_call(lambda: make_views(v1, v2, tubelet_args), device, iters)
+    plain = seconds_per_call(lambda: make_views(v1, v2, argparse.Namespace(**{**vars(args), "mode": "temporal"})),
+                             device, iters)
+    tubes = seconds_per_call(lambda: paste_tubelets(x, x[0][:, :, 0].clone(), sample_tubelets(
+        batch_size, T, crop, crop, tubelet_args, device)), device, iters)
+    print(f"tubelet pairs/s: {batch_size / full:.1f}  (make_views: crop, flip, tubelets, colour jitter; "
+          f"{args.motion} motion, {'+'.join(args.transform) or 'no'} transformation, M={args.num_tubelets}; batch "
+          f"{batch_size} of {T}x{side}x{side} -> {T}x{crop}x{crop}, {device}; {1000 * full:.0f} ms, without "
+          f"tubelets {1000 * plain:.0f} ms)", flush=True)
+    print(f"tubelets alone pairs/s: {batch_size / tubes:.1f}  (sample_tubelets + paste into both clips, "
+          f"{1000 * tubes:.0f} ms)", flush=True)
+    return batch_size / full, batch_size / tubes
+
+
+def benchmark(args, d, loader, model, optimizer):
+    """Throughput of the parts of a step on this device; prints one line per figure."""
+    bs, iters = args.batch_size, args.benchmark_iters
+    pairs_per_s, tubelets_per_s = tubelet_benchmark(args, d.device, bs, iters)
+    batches = iter(loader)
     next(batches)  # worker start-up is not throughput
     t0, n = time.time(), 0
-    for _ in range(iters):
+    for _ in range(min(iters, len(loader) - 1)):
         v1, v2 = next(batches)
         make_views(v1.to(d.device), v2.to(d.device), args)
         n += v1.shape[0]
     sync(d.device)
     print(f"loader pairs/s: {n / (time.time() - t0):.1f}  (decode with {args.workers} workers + make_views)",
           flush=True)
-
-    v1, v2 = next(batches)
-    q, k = make_views(v1.to(d.device), v2.to(d.device), args)
-    times = []
-    for _ in range(max(2, iters // 2) + 1):
-        t0 = time.time()
-        train_step(model, optimizer, None, grad_scaler(d.device, False), q, k, args, d)
-        sync(d.device)
-        times.append(time.time() - t0)
-    step_s = float(np.median(times[1:]))  # the first step pays for allocations
+    q, k = make_views(*(v.to(d.device) for v in next(iter(loader))), args)
+    scaler = grad_scaler(d.device, False)
+    step_s = seconds_per_call(lambda: train_step(model, optimizer, None, scaler, q, k, args, d), d.device,
+                              max(2, iters // 2))
     print(f"step pairs/s: {bs / step_s:.1f}  (MoCo step: query fwd+bwd, key fwd, queue update; "
           f"{step_s:.2f} s per batch of {bs})", flush=True)
-    print(f"tubelets+augmentation / step time: {100 * bs / pairs_per_s / step_s:.1f}%", flush=True)
-
-
-def forever(loader):
-    while True:
-        yield from loader
+    print(f"tubelets / step time: {100 * bs / tubelets_per_s / step_s:.2f}%  (all of make_views: "
+          f"{100 * bs / pairs_per_s / step_s:.1f}%)", flush=True)
 
 
 def sync(device):

@@ -351,7 +351,7 @@ def test_save_examples_and_benchmark(tmp_path, capsys):
     tc.save_examples(q, k, str(path), max_pairs=3, frames=2)
     image = read_image(str(path))
     assert image.shape == (3, 3 * (CROP + 2) + 2, 4 * (CROP + 2) + 2)
-    assert tc.tubelet_benchmark(make_args(), torch.device("cpu"), 2, 1) > 0
+    assert min(tc.tubelet_benchmark(make_args(), torch.device("cpu"), 2, 1)) > 0
     assert "pairs/s" in capsys.readouterr().out
 
 
