@@ -381,15 +381,15 @@ def sample_tubelets(B, T, H, W, args, device):
                     opacity=opacity.view(B, M, T))
 
 
-def shape_alpha(n, shape, edge):
-    """Alpha of a patch from coordinates n (..., 2) normalised so that the patch box is [-1, 1]^2.
+def shape_alpha(nx, ny, shape, edge):
+    """Alpha of a patch from coordinates (nx, ny), normalised so that the patch box is [-1, 1]^2.
 
     Distance to the centre: rectangle max(|a|, |b|), ellipse sqrt(a^2 + b^2), rhombus |a| + |b| (shape 0, 1,
-    2, an int or a tensor broadcasting against n[..., 0]); alpha = clamp((1 - distance) / edge, 0, 1)."""
-    a, b = n[..., 0].abs(), n[..., 1].abs()
-    shape = torch.as_tensor(shape, device=n.device)
+    2, an int or a tensor broadcasting against nx); alpha = clamp((1 - distance) / edge, 0, 1)."""
+    a, b = nx.abs(), ny.abs()
+    shape = torch.as_tensor(shape, device=nx.device)
     dist = torch.where(shape == 0, torch.maximum(a, b), torch.where(shape == 1, torch.hypot(a, b), a + b))
-    return ((1 - dist) / edge).clamp_(0, 1)
+    return dist.neg_().add_(1).div_(edge).clamp_(0, 1)
 
 
 def paste_tubelets(clips, source, tub):
@@ -401,20 +401,25 @@ def paste_tubelets(clips, source, tub):
 
     Per tubelet and frame, every pixel centre X maps back to normalised patch coordinates
     n = A^-1 (X - centre) / half (Eq. 5.7), which give its alpha (`shape_alpha`, 0 outside the patch), and
-    to the source frame at source_centre + n * half, where grid_sample reads its colour (bilinear).
+    to the source frame at source_centre + n * half, where grid_sample reads its colour (bilinear). n is
+    affine in the pixel's column x and row y, so each coordinate is one sum of a row and a column term.
     """
     B, _, T, H, W = clips[0].shape
     dev = source.device
-    ys, xs = torch.meshgrid(torch.arange(H, device=dev) + 0.5, torch.arange(W, device=dev) + 0.5, indexing="ij")
-    pixels = torch.stack([xs, ys], -1).view(1, 1, H * W, 2)
+    x = (torch.arange(W, device=dev) + 0.5).view(1, 1, 1, W)
+    y = (torch.arange(H, device=dev) + 0.5).view(1, 1, H, 1)
     to_grid = torch.tensor([2 / W, 2 / H], device=dev)  # pixels -> [-1, 1], align_corners=False
     for m in range(tub.path.shape[1]):  # larger patches first
-        half = tub.half_size[:, m].view(B, 1, 1, 2)
-        inverse = torch.linalg.inv(tub.matrix[:, m]).transpose(-1, -2)  # (B, T, 2, 2)
-        n = (pixels - tub.path[:, m].unsqueeze(2)) @ inverse / half  # (B, T, H*W, 2)
-        alpha = shape_alpha(n, tub.shape[:, m].view(B, 1, 1), tub.edge[:, m].view(B, 1, 1))
-        alpha = (alpha * tub.opacity[:, m].unsqueeze(-1)).view(B, 1, T, H, W)
-        grid = (tub.source_centre[:, m].view(B, 1, 1, 2) + n * half) * to_grid - 1
+        half = tub.half_size[:, m].view(B, 1, 2)
+        lin = torch.linalg.inv(tub.matrix[:, m]) / half.unsqueeze(-1)  # (B, T, 2, 2): frame offset -> n
+        off = -(lin @ tub.path[:, m].unsqueeze(-1)).squeeze(-1)  # (B, T, 2)
+        nx, ny = (lin[..., i, 0, None, None] * x + (lin[..., i, 1, None, None] * y + off[..., i, None, None])
+                  for i in range(2))  # (B, T, H, W) each
+        alpha = shape_alpha(nx, ny, tub.shape[:, m].view(B, 1, 1, 1), tub.edge[:, m].view(B, 1, 1, 1))
+        alpha = alpha.mul_(tub.opacity[:, m].view(B, T, 1, 1)).unsqueeze(1)  # (B, 1, T, H, W)
+        scale, shift = half * to_grid, tub.source_centre[:, m].view(B, 1, 2) * to_grid - 1
+        grid = torch.stack([nx * scale[..., 0, None, None] + shift[..., 0, None, None],
+                            ny * scale[..., 1, None, None] + shift[..., 1, None, None]], -1)
         colour = F.grid_sample(source, grid.view(B, T * H, W, 2), mode="bilinear", padding_mode="border",
                                align_corners=False).view(B, 3, T, H, W)
         for clip in clips:

@@ -164,9 +164,9 @@ def test_shape_alpha_areas():
     n = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1)
     edge = torch.tensor(1e-4)
     for shape, area in [(0, 1.0), (1, math.pi / 4), (2, 0.5)]:
-        assert abs(tc.shape_alpha(n, shape, edge).mean().item() - area) < 0.01
-        assert abs(tc.shape_alpha(n, torch.tensor(shape), edge).mean().item() - area) < 0.01
-    soft = tc.shape_alpha(n, 1, torch.tensor(0.4))
+        assert abs(tc.shape_alpha(n[..., 0], n[..., 1], shape, edge).mean().item() - area) < 0.01
+        assert abs(tc.shape_alpha(n[..., 0], n[..., 1], torch.tensor(shape), edge).mean().item() - area) < 0.01
+    soft = tc.shape_alpha(n[..., 0], n[..., 1], 1, torch.tensor(0.4))
     assert soft.max() == 1 and 0 < soft[(soft > 0) & (soft < 1)].numel()
 
 
