@@ -46,7 +46,8 @@ TRIGGERS = {
     severe_eval: [["--setup", s, "--protocol", p] + extra for s in severe_eval.SETUPS for p in ("finetune", "linear")
                   for extra in ([], ["--data-root", "x"])],
 }
-CHOICES = dict(depth_crop={"actors": "frame", "frame": "actors"}, granularity={"combined": "video2clip"})
+CHOICES = dict(depth_crop={"actors": "frame", "frame": "actors"}, granularity={"combined": "video2clip"},
+               bn={"shuffle": "sync", "sync": "shuffle"})
 
 
 def other_value(key, value):
@@ -92,7 +93,7 @@ def test_help_lists_the_presets(capsys):
     with pytest.raises(SystemExit):
         tubelet_contrast.parse_args(["--help"])
     out = capsys.readouterr().out
-    assert "presets (flags given on the command line win)" in out and "--queue-size 256" in out
+    assert "presets (flags given on the command line win)" in out and "--queue-size 64" in out
 
 
 def test_distill_epochs_sets_every_stage_over_the_preset():
