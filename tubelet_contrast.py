@@ -315,14 +315,14 @@ def transform_matrices(n, T, args, device):
         if name == "scale":
             w, h = curve(uniform_values(*args.scale_range, 2, first=1.0), recipe="thesis").unbind(-1)
             rows = [w, torch.zeros_like(w), torch.zeros_like(w), h]
-        elif name == "shear" and code:
-            kind = torch.randint(3, (n, 1), device=device)  # 0: x only, 1: y only, 2: both
-            r = curve(random_walk(SHEAR_VELOCITY))[..., 0] * (kind != 1)
-            s = curve(random_walk(SHEAR_VELOCITY))[..., 0] * (kind != 0)
-            rows = [torch.ones_like(r), r, s, 1 + r * s]  # [[1, 0], [s, 1]] @ [[1, r], [0, 1]]
         elif name == "shear":
-            r, s = curve(uniform_values(*args.shear_range, 2, first=0.0)).unbind(-1)
-            rows = [torch.ones_like(r), r, s, 1 + r * s]
+            if code:
+                kind = torch.randint(3, (n, 1), device=device)  # 0: x only, 1: y only, 2: both
+                r = curve(random_walk(SHEAR_VELOCITY))[..., 0] * (kind != 1)
+                s = curve(random_walk(SHEAR_VELOCITY))[..., 0] * (kind != 0)
+            else:
+                r, s = curve(uniform_values(*args.shear_range, 2, first=0.0)).unbind(-1)
+            rows = [torch.ones_like(r), r, s, 1 + r * s]  # [[1, 0], [s, 1]] @ [[1, r], [0, 1]]
         else:
             walk = random_walk(ROTATION_VELOCITY) if code else uniform_values(*args.rotation_range, 1, first=0.0)
             a = torch.deg2rad(curve(walk)[..., 0])
@@ -709,7 +709,7 @@ def benchmark(args, d, loader, model, optimizer):
     bs, iters = args.batch_size, args.benchmark_iters
     pairs_per_s, tubelets_per_s = tubelet_benchmark(args, d.device, bs, iters)
     batches = iter(loader)
-    next(batches)  # worker start-up is not throughput
+    first = next(batches)  # worker start-up is not throughput; the step below trains on this batch
     t0, n = time.time(), 0
     for _ in range(min(iters, len(loader) - 1)):
         v1, v2 = next(batches)
@@ -718,7 +718,7 @@ def benchmark(args, d, loader, model, optimizer):
     sync(d.device)
     print(f"loader pairs/s: {n / (time.time() - t0):.1f}  (decode with {args.workers} workers + make_views)",
           flush=True)
-    q, k = make_views(*(v.to(d.device) for v in next(iter(loader))), args)
+    q, k = make_views(*(v.to(d.device) for v in first), args)
     scaler = grad_scaler(d.device, False)
     step_s = seconds_per_call(lambda: train_step(model, optimizer, None, scaler, q, k, args, d), d.device,
                               max(2, iters // 2))
