@@ -25,8 +25,11 @@ query of each representation must find the key of the other one among that one's
 downloads (common/skeleton.py):
 
     python skeleton_contrast.py --prepare ntu60 --protocol xview --raw-dir nturgb+d_skeletons \
-        --data-root data/ntu60/xview Output in --out-dir: checkpoint.pt (resume with --resume auto),
-log.jsonl (one line per epoch), eval_<name>.json for each --eval, examples.png with --save-examples.
+        --data-root data/ntu60/xview
+
+Output in --out-dir: checkpoint.pt (resume with --resume auto), backbone_<repr>.pt (each pretrained query
+encoder without its head), log.jsonl (one line per epoch), eval_<name>.json for each --eval, examples.png
+with --save-examples.
 """
 import argparse
 import copy
@@ -38,12 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.io import write_png
+from torchvision.utils import draw_keypoints, save_image
 
 from common.backbones import AGCN, NTU_EDGES
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
-                           load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory, save_epoch,
-                           seed_everything)
+                           load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
+                           save_atomic, save_epoch, seed_everything)
 from common.moco import check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue, momentum_update
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
@@ -74,8 +77,9 @@ def add_augmentation_args(parser):
                         "(Eq. 3.3; App. A.3, Table A.3: 0.1 is best of 0.1/0.3/0.5)")
     g.add_argument("--min-crop-frames", type=int, default=64,
                    help="a pretraining crop has at least this many frames (all of them when the sequence is "
-                        "shorter): the authors' code (min_crop_length = 64); the thesis states no minimum, "
-                        "0 gives Eq. 3.3 alone")
+                        "shorter), as the authors' code (min_crop_length = 64), which produced the tables; the "
+                        "thesis states no minimum: 0 gives Eq. 3.3 alone. On a 100-frame sequence at --l-min 0.1 "
+                        "the floor decides 60%% of the crops, so it also decides most of Table A.3's differences")
     g.add_argument("--spatial", choices=SPATIAL, default="random",
                    help="spatial augmentation D_Spatial_i after the temporal crop (Eq. 3.4): random = pose or "
                         "jitter with probability 1/2 per view (best row of Table 3.5), pose = shear only (Eq. 3.1), "
@@ -89,11 +93,11 @@ def add_augmentation_args(parser):
     g.add_argument("--jitter-joints", type=int, default=15, metavar="J",
                    help="joint jittering: number |j| of joints moved per view (Sec 3.4.2; Table A.2: 15 of 25 is "
                         "best of 2/5/10/15/20)")
-    g.add_argument("--jitter-mode", choices=JITTER_MODES, default="matrix",
-                   help="what joint jittering does to the |j| joints. matrix: multiply by a 3x3 matrix with entries "
-                        "~ U[0, 1] (Eq. 3.2 as the thesis states it). zero: set them to 0. authors: what the authors' "
-                        "code does (joint_courruption): with probability 1/2 zero, otherwise a matrix with entries "
-                        "~ U[-1, 1]")
+    g.add_argument("--jitter-mode", choices=JITTER_MODES, default="authors",
+                   help="what joint jittering does to the |j| joints. authors: what produced the thesis's tables "
+                        "(the authors' joint_courruption): with probability 1/2 set them to 0, otherwise multiply by a "
+                        "3x3 matrix with entries ~ U[-1, 1]. matrix: a matrix with entries ~ U[0, 1] (Eq. 3.2 as the "
+                        "text states it). zero: always set them to 0")
     g.add_argument("--downstream-l-min", type=float, default=0.5,
                    help="downstream training (linear, semi-supervised, transfer): random crop with ratio "
                         "~ U[this, 1] resized to --frames (App. A.1 says random; 0.5 is the authors' "
@@ -316,62 +320,35 @@ def augment_benchmark(device, batch_size, args, seconds=3.0):
 PERSON_COLOURS = ((255, 255, 255), (255, 160, 40))  # first and second person
 
 
-def _draw_skeletons(canvas, joints, top, left, size, colour, points=24):
-    """Draw stick figures into canvas (3, H, W) uint8, in place.
-
-    joints: (K, V, 2) projected (x, y) in [0, 1] (y up); tile k is at (top[k], left[k]) with side `size`.
-    Each bone is sampled at `points` points that are set to `colour`. A bone is skipped when both its
-    joints are NaN (an absent person is passed as NaN)."""
-    edges = torch.tensor(NTU_EDGES)
-    a, b = joints[:, edges[:, 0]], joints[:, edges[:, 1]]  # (K, E, 2)
-    s = torch.linspace(0, 1, points).view(1, 1, points, 1)
-    p = a.unsqueeze(2) + (b - a).unsqueeze(2) * s  # (K, E, P, 2)
-    col = (p[..., 0] * (size - 1)).round() + left.view(-1, 1, 1)
-    row = ((1 - p[..., 1]) * (size - 1)).round() + top.view(-1, 1, 1)
-    ok = torch.isfinite(col) & torch.isfinite(row)
-    H, W = canvas.shape[1:]
-    flat = (row[ok].long().clamp(0, H - 1) * W + col[ok].long().clamp(0, W - 1))
-    for c in range(3):
-        canvas[c].view(-1)[flat] = colour[c]
-
-
 @torch.no_grad()
-def save_examples(x, num_frames, args, path, count=4, frames=4, size=96, axes=(0, 1)):
+def save_examples(x, num_frames, args, path, count=4, frames=4, size=96, axes=(0, 2)):
     """PNG of `count` samples, one row each: `frames` evenly spaced frames of the original (its valid frames),
     then of a query and of a key view (spatio_temporal_augment), as stick figures of both persons.
 
-    Orthographic projection on the coordinates `axes` (horizontal, up): (0, 1) = x-y for camera coordinates
-    (y up, as the raw NTU and the synthetic skeletons); use (0, 2) for data normalised with
-    common.skeleton.normalize_skeleton (z up the spine). Each panel (original, query, key) is scaled to fit its
-    tiles, one scale for its frames, so the shape changes of the shear show, not its translation. Returns path.
-    """
+    Orthographic projection on the coordinates `axes` (horizontal, up): (0, 2) = x-z, the upright plane of
+    normalised data (2s-AGCN's normalisation, --prepare and the synthetic skeletons: spine along z,
+    shoulders along x); (0, 1) for raw camera coordinates (Kinect: y up). Each panel (original, query, key)
+    is scaled to fit its tiles, one scale for its frames, so the shape changes of the shear show, not its
+    translation. Returns path."""
     x, n = x[:count].float(), _valid(num_frames, x)[:count]
     views = [center_crop_resize(x, n, frames, 1.0)]  # the original, frames evenly spaced over the valid ones
     for _ in range(2):
         v = spatio_temporal_augment(x, n, args)
         views.append(v[:, :, torch.linspace(0, v.shape[2] - 1, frames).round().long().to(v.device)])
-    sk = torch.stack(views, 1).cpu()[:, :, list(axes)]  # (K, 3 panels, 2, F, V, M)
-    K = sk.shape[0]
-    present = sk.abs().flatten(1, 4).amax(1) > 0  # (K, M): the person has a non-zero coordinate somewhere
-    xy = sk.permute(0, 1, 3, 5, 4, 2)  # (K, panel, F, M, V, 2)
-    xy = torch.where(present.view(K, 1, 1, 2, 1, 1), xy, float("nan"))  # absent persons are not drawn
-    lo = xy.flatten(2, 4).nan_to_num(float("inf")).amin(2)  # (K, panel, 2)
-    hi = xy.flatten(2, 4).nan_to_num(float("-inf")).amax(2)
-    scale = (hi - lo).amax(2).clamp(min=1e-6)  # same scale for both axes
-    centre = (lo + hi) / 2
-    xy = (xy - centre.view(K, 3, 1, 1, 1, 2)) / scale.view(K, 3, 1, 1, 1, 1) * 0.9 + 0.5
-    pad, cols = 4, 3 * frames
-    H, W = pad + K * (size + pad), pad + cols * (size + pad)
-    in_tile_r = (torch.arange(H) >= pad) & ((torch.arange(H) - pad) % (size + pad) < size)
-    in_tile_c = (torch.arange(W) >= pad) & ((torch.arange(W) - pad) % (size + pad) < size)
-    grey = torch.where(in_tile_r.view(H, 1) & in_tile_c.view(1, W), 0, 40).to(torch.uint8)  # black tiles
-    canvas = grey.expand(3, H, W).contiguous()
-    tiles = torch.arange(K * cols)
-    top, left = (tiles // cols) * (size + pad) + pad, (tiles % cols) * (size + pad) + pad
-    for m in range(2):
-        _draw_skeletons(canvas, xy[:, :, :, m].reshape(K * cols, -1, 2), top, left, size, PERSON_COLOURS[m],
-                        points=2 * size)
-    write_png(canvas, path)
+    tiles = []
+    for panel in torch.stack(views, 1).cpu()[:, :, list(axes)].flatten(0, 1):  # (2, F, V, M) per panel
+        present = [m for m in range(panel.shape[-1]) if panel[..., m].any()]  # absent persons are all zeros
+        points = panel.permute(1, 3, 2, 0)[:, present]  # (F, persons, V, 2)
+        lo, hi = points.flatten(0, 2).amin(0), points.flatten(0, 2).amax(0)
+        pixels = ((points - (lo + hi) / 2) / (hi - lo).max().clamp(min=1e-6) * 0.9 + 0.5) * (size - 1)
+        pixels[..., 1] = size - 1 - pixels[..., 1]  # image rows run down
+        for f in range(frames):
+            tile = torch.zeros(3, size, size, dtype=torch.uint8)
+            for person, m in enumerate(present):
+                tile = draw_keypoints(tile, pixels[f, person:person + 1], connectivity=NTU_EDGES,
+                                      colors=PERSON_COLOURS[m], radius=1, width=1)
+            tiles.append(tile)
+    save_image(torch.stack(tiles).float() / 255, path, nrow=3 * frames, padding=4, pad_value=40 / 255)
     return path
 
 
@@ -532,13 +509,23 @@ def build_encoder(name, width=1.0, frames=64, bigru="authors"):
 class ProjectionHead(nn.Module):
     """MLP d -> d -> dim (Sec 3.4.2: "embeddings of a fixed size of 128"), (B, d) -> (B, dim).
 
-    As the authors' --mlp head (moco/builder_inter.py): Linear, ReLU, Linear, no batch norm. The
-    output is not normalised here; the contrastive loss L2-normalises it.
+    As the authors' --mlp head (moco/builder_inter.py): Linear, ReLU, Linear, no batch norm. Its first
+    layer is new (PyTorch's default initialisation); its last layer is the encoder's original `fc`, so it
+    keeps that encoder's initialisation: BiGRU Xavier-uniform weights (their weights_init_gru), HCN
+    Xavier-uniform weights and zero biases (their weights_init), AGCN weights ~ N(0, 2 / dim) (their
+    Model.__init__). The output is not normalised here; the contrastive loss L2-normalises it.
     """
 
-    def __init__(self, in_dim, dim=128):
+    def __init__(self, in_dim, dim=128, representation="seq"):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, dim))
+        last = self.net[2]
+        if representation == "stg":
+            nn.init.normal_(last.weight, 0.0, (2.0 / dim) ** 0.5)
+        else:
+            nn.init.xavier_uniform_(last.weight)
+        if representation == "img":
+            nn.init.zeros_(last.bias)
 
     def forward(self, z):
         return self.net(z)
@@ -550,10 +537,10 @@ class EncoderWithHead(nn.Module):
     Downstream tasks keep `.backbone` only (the head is removed, Appendix A.1).
     """
 
-    def __init__(self, backbone, dim=128):
+    def __init__(self, backbone, dim=128, representation="seq"):
         super().__init__()
         self.backbone = backbone
-        self.head = ProjectionHead(backbone.feature_dim, dim)
+        self.head = ProjectionHead(backbone.feature_dim, dim, representation)
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -575,7 +562,7 @@ def encoder_benchmark(names, device, batch_size=64, length=64, width=1.0, repeat
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {}
     for name in names:
-        model = EncoderWithHead(build_encoder(name, width, length)).to(device).train()
+        model = EncoderWithHead(build_encoder(name, width, length), representation=name).to(device).train()
         x = torch.randn(batch_size, 3, length, 25, 2, device=device)
         elapsed = []
         for i in range(repeats + 1):
@@ -617,7 +604,18 @@ def contrast_pairs(reprs):
 
 
 def encoder_with_head(name, width, dim=128, frames=64, bigru="authors"):
-    return EncoderWithHead(build_encoder(name, width, frames, bigru), dim)
+    return EncoderWithHead(build_encoder(name, width, frames, bigru), dim, representation=name)
+
+
+@torch.no_grad()
+def batch_top1(q, k):
+    """Fraction of queries whose own key scores highest among the keys of the *batch* (B, dim) each.
+
+    The loss contrasts the positive with the queue, keys made by earlier key encoders. A query can
+    therefore pick its positive by its freshness (the key encoder's drift over the queue's age) without
+    telling sequences apart; then the queue top-1 rises while this stays at chance (1 / B), since all
+    keys of a batch are equally fresh. Logged next to every term's queue top-1 to tell the two apart."""
+    return ((q @ k.T).argmax(dim=1) == torch.arange(len(q), device=q.device)).float().mean()
 
 
 class SkeletonContrast(nn.Module):
@@ -650,7 +648,7 @@ class SkeletonContrast(nn.Module):
         """x_q, x_k: the query and key views (B, 3, L, 25, 2) of the same sequences.
 
         Returns (loss, terms): the sum of the InfoNCE terms (Eq. 3.6) and a dict
-        'query->key' -> (loss of the term, top-1 of the positive among the negatives).
+        'query->key' -> (loss of the term, top-1 of the positive among the queue's negatives, batch_top1).
         """
         splits = self.bn_splits if self.shuffle_bn else 1  # HCN and AGCN have BatchNorm (shuffle-BN)
         q = {r: F.normalize(encode_queries(self.encoder_q[r], x_q, splits).float(), dim=1) for r in self.reprs}
@@ -665,7 +663,7 @@ class SkeletonContrast(nn.Module):
             labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
             term = F.cross_entropy(logits, labels)                     # Eq. 3.5 / 3.7 / 3.8
             loss = loss + term
-            terms[f"{a}->{b}"] = (term.detach(), (logits.argmax(dim=1) == 0).float().mean())
+            terms[f"{a}->{b}"] = (term.detach(), (logits.argmax(dim=1) == 0).float().mean(), batch_top1(q[a], k[b]))
         ptr = int(self.queue_ptr)  # all queues advance together
         for r in self.reprs:
             self.queue_ptr[0] = enqueue(self.queue(r), ptr, k[r])
@@ -674,22 +672,26 @@ class SkeletonContrast(nn.Module):
 
 # ============ data ============
 
-def dataset_splits(root):
+def dataset_splits(root, say=print):
     """(train, val) SkeletonDatasets of a protocol folder; without one, the synthetic skeletons."""
     if root is None:
         synthetic = synthetic_skeleton_dataset()
         return SkeletonDataset(**synthetic["train"]), SkeletonDataset(**synthetic["val"])
-    return (SkeletonDataset(**protocol_paths(root, "train")),
-            SkeletonDataset(**protocol_paths(root, "val")))
+    splits = [SkeletonDataset(**protocol_paths(root, split)) for split in ("train", "val")]
+    for split, dataset in zip(("train", "val"), splits):
+        if dataset.num_frames is None:
+            say(f"{root}: no {split}_num_frame.npy; valid frames are counted per sample (zero padding and "
+                f"2s-AGCN's padding by repetition are recognised, common.skeleton.count_valid_frames)")
+    return tuple(splits)
 
 
-def transfer_splits(root):
+def transfer_splits(root, say=print):
     """The target dataset of --eval transfer (Table 3.4: PKU-MMD II). Without --transfer-data-root,
     synthetic skeletons with other classes and actors (all 10 actions, another seed)."""
     if root is None:
         synthetic = synthetic_skeleton_dataset(num_classes=10, per_class_train=16, per_class_val=8, seed=1)
         return SkeletonDataset(**synthetic["train"]), SkeletonDataset(**synthetic["val"])
-    return dataset_splits(root)
+    return dataset_splits(root, say)
 
 
 def num_classes(dataset):
@@ -821,12 +823,16 @@ def parse_args(argv=None):
                    help="run a downstream protocol on --checkpoint instead of pretraining: linear "
                         "(Table 3.1), knn (Table 3.2), semi (Table 3.3), transfer (Table 3.4), "
                         "finetune (Table A.1)")
-    g.add_argument("--checkpoint", default=None,
+    g.add_argument("--checkpoint", nargs="+", default=None,
                    help="the checkpoint.pt that pretraining wrote; its query encoders are evaluated "
-                        "(projection heads removed)")
+                        "(projection heads removed). Several: one per --downstream-reprs, in that order (Table "
+                        "A.4's combined intra rows: two representations pretrained in separate runs)")
     g.add_argument("--downstream-reprs", type=_reprs, default=None,
                    help="query encoders whose features are concatenated downstream (Table A.4: e.g. "
                         "seq,stg); default: seq if pretrained, else the first pretrained representation")
+    g.add_argument("--select-on-test", action="store_true",
+                   help="linear/semi/transfer/finetune: evaluate after every epoch and report the best test "
+                        "epoch, as the authors' action_classification.py (optimistic); off = the last epoch")
     g.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
                    help="scratch: random encoder weights (the dagger rows of Table 3.3, the "
                         "'supervised-only' row of Table A.1)")
@@ -921,7 +927,7 @@ def benchmark(args, d, model, optimizer):
 
 def pretrain(args, d):
     check_queue_size(args.queue_size, args.batch_size)
-    train_set, _ = dataset_splits(args.data_root)
+    train_set, _ = dataset_splits(args.data_root, d.print)
     loader = make_loader(train_set, args, d, train=True, drop_last=True)
     if len(loader) == 0:
         raise SystemExit(f"{len(train_set)} sequences are too few for a global batch of "
@@ -968,14 +974,17 @@ def pretrain(args, d):
             loss = loss.item()
             check_finite(loss, epoch, it)
             sums["loss"] = sums.get("loss", 0.0) + loss
-            for name, (term, top1) in terms.items():
-                sums[f"loss {name}"] = sums.get(f"loss {name}", 0.0) + term.item()
-                sums[f"top1 {name}"] = sums.get(f"top1 {name}", 0.0) + top1.item()
+            for name, values in terms.items():
+                for key, value in zip(("loss", "top1", "batch_top1"), values):
+                    sums[f"{key} {name}"] = sums.get(f"{key} {name}", 0.0) + value.item()
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
         record = dict(epoch=epoch, **{k: d.all_reduce_mean(v / len(loader)) for k, v in sums.items()},
                       lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t_epoch, 1))
         scheduler.step()
         save_epoch(d, args.out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
+        if d.main:  # each query encoder alone, without its projection head: for use outside this script
+            for r, encoder in (model.module if d.distributed else model).encoder_q.items():
+                save_atomic(encoder.backbone.state_dict(), os.path.join(args.out_dir, f"backbone_{r}.pt"))
         d.barrier()
 
 
@@ -1001,38 +1010,43 @@ class Downstream(nn.Module):
 
 
 def pretrained_backbones(args):
-    """The query encoders named by --downstream-reprs: loaded strictly from --checkpoint, or random
-    with --init scratch. Returns (name -> encoder, width)."""
+    """The query encoders named by --downstream-reprs: loaded strictly from --checkpoint (one checkpoint for
+    all, or one per representation in the order of --downstream-reprs: Table A.4's combined intra rows join
+    the encoders of separate runs), or random with --init scratch. Returns (name -> encoder, width)."""
     if args.init == "scratch":
         reprs = args.downstream_reprs or ["seq"]
         return {r: build_encoder(r, args.width, args.frames, args.bigru) for r in reprs}, args.width
-    ckpt = load_checkpoint(args.checkpoint)
-    if "model" not in ckpt or "args" not in ckpt:
-        raise SystemExit(f"--checkpoint {args.checkpoint}: not a checkpoint written by skeleton_contrast.py "
-                         f"(keys {sorted(ckpt)[:8]})")
-    pre_args = ckpt["args"]
-    pretrained = list(pre_args["reprs"])
-    reprs = args.downstream_reprs or (["seq"] if "seq" in pretrained else pretrained[:1])
-    missing = [r for r in reprs if r not in pretrained]
-    if missing:
-        raise SystemExit(f"--downstream-reprs {','.join(reprs)}: {','.join(missing)} was not pretrained in "
-                         f"{args.checkpoint} (it has {','.join(pretrained)}); a representation can only be "
-                         f"used downstream when it was present in pretraining (Table 3.6)")
-    if "img" in reprs and args.frames != pre_args["frames"]:
-        raise SystemExit(f"--frames {args.frames}: the HCN (img) encoder of {args.checkpoint} was pretrained "
-                         f"on {pre_args['frames']}-frame views and only takes that length")
-    backbones = {}
-    for r in reprs:
+    ckpts = {path: load_checkpoint(path) for path in args.checkpoint}
+    for path, ckpt in ckpts.items():
+        if "model" not in ckpt or "args" not in ckpt:
+            raise SystemExit(f"--checkpoint {path}: not a checkpoint written by skeleton_contrast.py "
+                             f"(keys {sorted(ckpt)[:8]})")
+    first = ckpts[args.checkpoint[0]]["args"]["reprs"]
+    reprs = args.downstream_reprs or (["seq"] if "seq" in first else first[:1])
+    if len(args.checkpoint) not in (1, len(reprs)):
+        raise SystemExit(f"--checkpoint: {len(args.checkpoint)} files for --downstream-reprs {','.join(reprs)}; "
+                         f"give one checkpoint, or one per representation in that order")
+    sources = dict(zip(reprs, args.checkpoint * len(reprs) if len(args.checkpoint) == 1 else args.checkpoint))
+    backbones, widths = {}, set()
+    for r, path in sources.items():
+        pre_args = ckpts[path]["args"]
+        if r not in pre_args["reprs"]:
+            raise SystemExit(f"--downstream-reprs {','.join(reprs)}: {r} was not pretrained in {path} (it has "
+                             f"{','.join(pre_args['reprs'])}); a representation can only be used downstream "
+                             f"when it was present in pretraining (Table 3.6)")
+        if r == "img" and args.frames != pre_args["frames"]:
+            raise SystemExit(f"--frames {args.frames}: the HCN (img) encoder of {path} was pretrained on "
+                             f"{pre_args['frames']}-frame views and only takes that length")
         backbone = build_encoder(r, pre_args["width"], pre_args["frames"], pre_args.get("bigru", "authors"))
         prefix = f"encoder_q.{r}.backbone."
-        state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in ckpts[path]["model"].items() if k.startswith(prefix)}
         result = backbone.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise SystemExit(f"--checkpoint {args.checkpoint}: the {r} encoder does not match "
-                             f"(width {pre_args['width']}): missing {result.missing_keys[:5]}, "
-                             f"unexpected {result.unexpected_keys[:5]}")
+            raise SystemExit(f"--checkpoint {path}: the {r} encoder does not match (width {pre_args['width']}): "
+                             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
         backbones[r] = backbone
-    return backbones, pre_args["width"]
+        widths.add(pre_args["width"])
+    return backbones, widths.pop() if len(widths) == 1 else sorted(widths)
 
 
 @torch.no_grad()
@@ -1053,8 +1067,11 @@ def evaluate(model, loader, args, d):
 
 def train_classifier(backbones, train_set, val_set, args, d, frozen):
     """Linear evaluation (frozen=True: SGD on the classifier, encoders frozen in eval mode) or
-    finetuning (frozen=False: Adam on everything), step schedule --schedule; returns the top-1 of
-    the last epoch (App. A.1 reports the last epoch)."""
+    finetuning (frozen=False: Adam on everything), step schedule --schedule.
+
+    Returns (top-1, epoch it was read at). The thesis does not say which epoch it reports; the default is
+    the last one (no choice made on the test set). --select-on-test evaluates after every epoch and
+    returns the best, as the authors' action_classification.py does (best_acc1)."""
     model = Downstream(backbones, num_classes(train_set)).to(d.device)
     if frozen:
         for p in model.backbones.parameters():
@@ -1071,6 +1088,7 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
     loader = make_loader(train_set, args, d, train=True)
     val_loader = make_loader(val_set, args, d, train=False)
     progress = Progress(d, args.epochs, len(loader), args.batch_size, args.print_freq)
+    best = (-1.0, -1)  # (top-1, epoch)
     for epoch in range(args.epochs):
         if d.distributed:
             loader.sampler.set_epoch(epoch)
@@ -1084,7 +1102,12 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
             loss = optimizer_step(loss, optimizer, scaler, epoch, it)
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
         scheduler.step()
-    return evaluate(model, val_loader, args, d)
+        if args.select_on_test or epoch == args.epochs - 1:
+            top1 = evaluate(model, val_loader, args, d)
+            d.print(f"epoch {epoch}: test top-1 {100 * top1:.2f}")
+            if top1 > best[0]:  # without --select-on-test only the last epoch is evaluated
+                best = (top1, epoch)
+    return best
 
 
 @torch.no_grad()
@@ -1117,11 +1140,11 @@ def run_eval(args, d):
     d.print(f"--eval {args.eval}: downstream representations {'+'.join(reprs)} "
             f"({', '.join(f'{r} {n / 1e6:.2f}M' for r, n in params.items())} parameters, Table A.4)")
     if args.eval == "transfer":
-        train_set, val_set = transfer_splits(args.transfer_data_root)
+        train_set, val_set = transfer_splits(args.transfer_data_root, d.print)
     else:
-        train_set, val_set = dataset_splits(args.data_root)
+        train_set, val_set = dataset_splits(args.data_root, d.print)
 
-    runs = []
+    runs, epochs = [], []
     if args.eval == "knn":
         if d.main:  # one process computes it: the features of the whole training set are needed
             train_f, train_y = extract_features(backbones, train_set, args, d)
@@ -1129,7 +1152,9 @@ def run_eval(args, d):
             runs.append(knn_top1(train_f, train_y, val_f, val_y))
         d.barrier()
     elif args.eval == "linear":
-        runs.append(train_classifier(backbones, train_set, val_set, args, d, frozen=True))
+        top1, epoch = train_classifier(backbones, train_set, val_set, args, d, frozen=True)
+        runs.append(top1)
+        epochs.append(epoch)
     else:
         for repeat in range(args.repeats):
             seed_everything(args.seed + 1000 * repeat, d.rank)
@@ -1141,12 +1166,15 @@ def run_eval(args, d):
                 subset.labels = [train_set.labels[i] for i in subset.indices]
                 d.print(f"repeat {repeat}: {len(subset)} labelled sequences "
                         f"({args.label_fraction:.0%} of each class)")
-            runs.append(train_classifier(fresh, subset, val_set, args, d, frozen=False))
-            d.print(f"repeat {repeat}: top-1 {100 * runs[-1]:.2f}")
+            top1, epoch = train_classifier(fresh, subset, val_set, args, d, frozen=False)
+            runs.append(top1)
+            epochs.append(epoch)
+            d.print(f"repeat {repeat}: top-1 {100 * top1:.2f} (epoch {epoch})")
 
     if d.main:
         top1 = np.array(runs) * 100
         result = dict(eval=args.eval, top1=float(top1.mean()), top1_std=float(top1.std()), runs=top1.tolist(),
+                      selected_on_test=args.select_on_test if epochs else None, epochs_read=epochs,
                       downstream_reprs=reprs, init=args.init, checkpoint=args.checkpoint, width=width,
                       parameters=params, label_fraction=args.label_fraction if args.eval == "semi" else None,
                       train_samples=len(train_set), val_samples=len(val_set), args=vars(args))
@@ -1155,7 +1183,9 @@ def run_eval(args, d):
         with open(os.path.join(args.out_dir, name), "w") as f:
             json.dump(result, f, indent=1)
         spread = f" +- {top1.std():.2f} over {len(runs)} runs" if len(runs) > 1 else ""
-        print(f"{args.eval} top-1: {top1.mean():.2f}{spread}  ({'+'.join(reprs)}; written to "
+        selection = ("; best test epoch, --select-on-test" if args.select_on_test else "; last epoch") \
+            if epochs else ""
+        print(f"{args.eval} top-1: {top1.mean():.2f}{spread}  ({'+'.join(reprs)}{selection}; written to "
               f"{os.path.join(args.out_dir, name)})", flush=True)
 
 
@@ -1183,7 +1213,8 @@ def main(argv=None):
     for line in args.presets:
         d.print(line)
     if args.eval:
-        for flag, path in (("--checkpoint", args.checkpoint), ("--transfer-data-root", args.transfer_data_root)):
+        for flag, path in [("--checkpoint", c) for c in args.checkpoint or []] + \
+                [("--transfer-data-root", args.transfer_data_root)]:
             if path is not None and not os.path.exists(path):
                 raise SystemExit(f"{flag} {path}: not found")
         run_eval(args, d)

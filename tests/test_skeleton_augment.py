@@ -2,9 +2,10 @@
 import argparse
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import read_image
+from PIL import Image
 
 import skeleton_contrast as sc
 
@@ -50,7 +51,27 @@ def test_defaults_are_the_thesis_and_authors_values():
     a = make_args()
     assert (a.frames, a.l_min, a.jitter_joints, a.shear, a.spatial) == (64, 0.1, 15, 1.0, "random")  # Sec 3.4.2
     assert (a.min_crop_frames, a.downstream_l_min, a.center_crop) == (64, 0.5, 0.95)  # authors' options
-    assert not a.no_temporal and a.jitter_mode == "matrix"
+    # what produced the tables: the authors' joint_courruption and their crop floor of 64 frames
+    assert not a.no_temporal and a.jitter_mode == "authors"
+
+
+def test_default_crop_floor_decides_most_short_crops():
+    """The floor of 64 frames (the authors' min_crop_length) on a 100-frame sequence at l_min 0.1: every
+    crop has at least 64 frames, and about 60% of the draws (ratio < 0.64) are raised to it; without the
+    floor (--min-crop-frames 0, Eq. 3.3 alone) crops go down to 10 frames."""
+    a = make_args()
+    n, B = 100, 4000
+    x = torch.zeros(B, 3, 300, 25, 2)
+    x[:, :, :n] = torch.arange(n, dtype=torch.float32).view(1, 1, n, 1, 1)  # every value is its frame index
+
+    def crop_lengths(floor):
+        y = sc.temporal_crop_resize(x, torch.full((B,), n), 64, a.l_min, floor)[:, 0, :, 0, 0]
+        return y[:, -1] - y[:, 0] + 1  # the resize reads from within a frame of the crop's two ends
+
+    floored = crop_lengths(a.min_crop_frames)
+    assert floored.min() >= 63
+    assert 0.55 < float((floored < 65).float().mean()) < 0.67
+    assert crop_lengths(0).min() < 12
 
 
 # ----- pose augmentation (Eq. 3.1) -----
@@ -245,7 +266,7 @@ def test_query_and_key_views_differ():
 def test_save_examples_writes_stick_figures(tmp_path):
     x, n = sc.random_skeletons(3, "cpu")
     path = sc.save_examples(x, n, make_args(), str(tmp_path / "examples.png"), count=3, frames=2, size=40)
-    img = read_image(path)
+    img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
     pad, size = 4, 40
     assert img.shape == (3, pad + 3 * (size + pad), pad + 6 * (size + pad))
     for r in range(3):

@@ -162,6 +162,10 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
     # 32 sequences, batch 8: 4 iterations per epoch, 2 epochs of 8 keys each into a 24-key queue
     assert int(ckpt["model"]["queue_ptr"]) == (2 * 4 * 8) % 24
     assert os.path.getsize(os.path.join(out, "examples.png")) > 0
+    for r in ("seq", "stg"):  # each query encoder alone, loadable strictly into a fresh encoder
+        state = torch.load(os.path.join(out, f"backbone_{r}.pt"), weights_only=True)
+        sc.build_encoder(r, 0.0625, 16).load_state_dict(state, strict=True)
+        assert torch.equal(state[next(iter(state))], ckpt["model"][f"encoder_q.{r}.backbone.{next(iter(state))}"])
 
     ckpt_flag = ["--checkpoint", os.path.join(out, "checkpoint.pt")]
     few = ["--epochs", "2", "--schedule", "1"]
@@ -170,6 +174,11 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
                         ("linear", [*few, "--downstream-reprs", "seq,stg"])]:
         proc = run([*TINY, *data, "--eval", name, *ckpt_flag, *extra, "--out-dir", out])
         assert f"{name} top-1:" in proc.stdout, proc.stdout
+    last = json.load(open(os.path.join(out, "eval_linear_seq.json")))
+    assert last["selected_on_test"] is False and last["epochs_read"] == [1]  # the last of 2 epochs
+    run([*TINY, *data, "--eval", "linear", *ckpt_flag, *few, "--select-on-test", "--out-dir", out])
+    best = json.load(open(os.path.join(out, "eval_linear_seq.json")))
+    assert best["selected_on_test"] is True and best["epochs_read"][0] in (0, 1)
     result = json.load(open(os.path.join(out, "eval_semi_0.25_seq.json")))
     assert len(result["runs"]) == 2 and all(0 <= r <= 100 for r in result["runs"])
     assert result["train_samples"] == 32 and result["val_samples"] == 16
@@ -243,3 +252,68 @@ def test_prepare_ntu_from_the_command_line(tmp_path):
     assert len(train) == 2 and len(val) == 1 and train.labels.tolist() == [1, 2]
     proc = run(["--prepare", "ntu60", "--raw-dir", str(raw)], check=False)
     assert proc.returncode != 0 and "--data-root" in proc.stderr
+
+
+def test_linear_probe_joins_encoders_of_two_checkpoints(tmp_path):
+    """Table A.4's combined intra rows: --checkpoint A B with --downstream-reprs seq,stg takes seq from A and
+    stg from B; a count that fits neither one nor one per representation is refused."""
+    paths = {}
+    for name, reprs in (("a", ["seq"]), ("b", ["stg"])):
+        model = sc.SkeletonContrast(reprs, width=0.0625, queue_size=8, frames=16)
+        paths[name] = str(tmp_path / f"{name}.pt")
+        torch.save(dict(model=model.state_dict(), args=dict(reprs=reprs, width=0.0625, frames=16)), paths[name])
+    args = sc.parse_args(["--eval", "linear", "--checkpoint", paths["a"], paths["b"], "--downstream-reprs",
+                          "seq,stg", "--frames", "16", "--data-root", str(tmp_path)])
+    backbones, width = sc.pretrained_backbones(args)
+    assert list(backbones) == ["seq", "stg"] and width == 0.0625
+    for r, name in (("seq", "a"), ("stg", "b")):
+        saved = torch.load(paths[name], weights_only=True)["model"]
+        for k, v in backbones[r].state_dict().items():
+            assert torch.equal(v, saved[f"encoder_q.{r}.backbone.{k}"])
+    args.downstream_reprs = ["stg", "seq"]  # the order names the sources: stg is not in a.pt
+    with pytest.raises(SystemExit, match="stg was not pretrained in .*a.pt"):
+        sc.pretrained_backbones(args)
+    args.downstream_reprs = ["seq"]
+    with pytest.raises(SystemExit, match="2 files for --downstream-reprs seq"):
+        sc.pretrained_backbones(args)
+
+
+def test_projection_head_initialisation_is_the_authors():
+    """The head's last layer is the encoder's original fc in the authors' code, with its initialisation:
+    AGCN N(0, 2 / 128), BiGRU and HCN Xavier-uniform (HCN with zero bias); the first layer PyTorch's default."""
+    torch.manual_seed(0)
+    d = 256
+    heads = {r: sc.ProjectionHead(d, 128, r) for r in ("seq", "img", "stg")}
+    xavier_std = math.sqrt(2.0 / (d + 128))  # uniform on +-sqrt(6 / (fan_in + fan_out))
+    for r, head in heads.items():
+        w = head.net[2].weight.detach()
+        assert w.shape == (128, d)
+        expected = math.sqrt(2.0 / 128) if r == "stg" else xavier_std
+        assert float(w.std()) == pytest.approx(expected, rel=0.05)
+        if r != "stg":
+            assert float(w.abs().max()) <= math.sqrt(6.0 / (d + 128))
+        default = 1 / math.sqrt(d)  # PyTorch's default: U(+-1/sqrt(fan_in)), std = bound / sqrt(3)
+        assert float(head.net[0].weight.detach().std()) == pytest.approx(default / math.sqrt(3), rel=0.05)
+    assert float(heads["img"].net[2].bias.abs().max()) == 0
+    assert float(heads["seq"].net[2].bias.abs().max()) > 0
+
+
+def test_examples_draw_the_upright_plane(skeletons, tmp_path):
+    """The synthetic skeletons are normalised (z up the spine, x along the shoulders): the default x-z
+    projection shows a standing person taller than wide, the x-y plane would show them from above."""
+    from PIL import Image
+
+    train = sc.SkeletonDataset(**skeletons["train"])
+    sample, _, n = train[0]  # raise_left_arm, one person
+    x, num_frames = torch.from_numpy(sample)[None], torch.tensor([n])
+    args = sc.parse_args(["--frames", "16"])
+    sizes = {}
+    for axes in ((0, 2), (0, 1)):
+        path = sc.save_examples(x, num_frames, args, str(tmp_path / f"{axes}.png"), size=64, axes=axes)
+        image = np.asarray(Image.open(path).convert("L"))
+        tile = image[4:4 + 64, 4:4 + 64]  # the first frame of the original
+        rows, cols = np.nonzero(tile > 100)
+        sizes[axes] = (rows.max() - rows.min(), cols.max() - cols.min())
+    height, width = sizes[(0, 2)]
+    assert height > 1.5 * width
+    assert sizes[(0, 1)][0] < height / 2  # seen from above: shallow

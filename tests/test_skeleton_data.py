@@ -284,6 +284,29 @@ def test_skeleton_dataset_reads_samples(tmp_path):
                           np.memmap)
 
 
+def test_skeleton_dataset_finds_2s_agcn_repetition_padding(tmp_path):
+    """2s-AGCN's released files have no num_frame file and pad every sample to 300 frames by repeating its
+    valid ones (pre_normalization: person[i_f:] = person[0:i_f] tiled), so no frame is zero; the dataset
+    must still see the 60 frames of a 60-frame sample, not 300."""
+    rng = np.random.default_rng(11)
+    data = np.zeros((4, 3, 300, 25, 2), np.float32)
+    motion = moving_sequence(rng, 60, 0.1).transpose(2, 0, 1)  # (3, 60, 25)
+    data[0, :, :, :, 0] = np.concatenate([motion] * 5, axis=1)  # padded by hand, the 2s-AGCN way
+    raw = np.zeros((3, 300, 25, 2), np.float32)  # two bodies of 70 and 30 frames, the second from frame 9
+    raw[:, :70, :, 0] = moving_sequence(rng, 70, 0.1).transpose(2, 0, 1)
+    raw[:, 9:39, :, 1] = moving_sequence(rng, 30, 0.1, (1, 0, 3)).transpose(2, 0, 1)
+    data[1] = sk.normalize_skeleton(raw)  # padded, centred per frame and rotated as 2s-AGCN
+    data[2, :, :45, :, 0] = moving_sequence(rng, 45, 0.1).transpose(2, 0, 1)  # zero-padded
+    data[3, :, :, :, 0] = moving_sequence(rng, 300, 0.1).transpose(2, 0, 1)  # 300 real frames
+    assert np.all(np.any(data[:2] != 0, axis=(1, 3, 4)))  # no zero frame to count on
+    np.save(tmp_path / "train_data_joint.npy", data)
+    write_labels(tmp_path / "train_label.pkl", [f"s{i}" for i in range(4)], [0, 1, 2, 3])
+    paths = sk.protocol_paths(str(tmp_path), "train")
+    assert paths["num_frame_path"] is None
+    ds = sk.SkeletonDataset(**paths)
+    assert [ds[i][2] for i in range(4)] == [60, 70, 45, 300]
+
+
 def test_skeleton_dataset_errors(tmp_path):
     np.save(tmp_path / "val_data_joint.npy", np.zeros((3, 3, 10, 25, 2), np.float32))
     with pytest.raises(FileNotFoundError, match="val_label.pkl"):
@@ -322,6 +345,7 @@ def test_skeleton_dataset_does_not_read_the_file(tmp_path):
                                      dtype=np.float32, shape=(n, 3, 300, 25, 2))
     data[5] = 1.5
     data[100, :, :3] = 2.0
+    data[100, 0, 1:3, 3, 0] = (2.5, 3.0)  # the pose changes over its 3 frames
     data.flush()
     del data
     write_labels(tmp_path / "train_label.pkl", [str(i) for i in range(n)], [0] * n)
@@ -330,7 +354,8 @@ def test_skeleton_dataset_does_not_read_the_file(tmp_path):
     a, b = ds[5], ds[100]
     growth = _rss_bytes() - before
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB"
-    assert (a[0] == 1.5).all() and a[2] == 300 and b[2] == 3
+    # a constant sample repeats with period 1 (any crop of it is the same); 3 moving frames count 3
+    assert (a[0] == 1.5).all() and a[2] == 1 and b[2] == 3
 
     # a whole pass (what every DataLoader worker makes each epoch) does not keep the file mapped
     before = _rss_bytes()
