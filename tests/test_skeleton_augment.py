@@ -266,7 +266,7 @@ def test_query_and_key_views_differ():
 def test_save_examples_writes_stick_figures(tmp_path):
     x, n = sc.random_skeletons(3, "cpu")
     path = sc.save_examples(x, n, make_args(), str(tmp_path / "examples.png"), count=3, frames=2, size=40)
-    img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
     pad, size = 4, 40
     assert img.shape == (3, pad + 3 * (size + pad), pad + 6 * (size + pad))
     for r in range(3):
