@@ -35,8 +35,8 @@ from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, parse_with_presets,
-                           resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch, seed_everything,
-                           unwrap)
+                           resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch, seconds_per_call,
+                           seed_everything, sync, unwrap)
 from common.moco import MoCo, check_queue_size
 from common.synthetic import synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
@@ -669,18 +669,6 @@ def parse_args(argv=None):
 
 # ============ benchmark ============
 
-def seconds_per_call(fn, device, iters):
-    """Mean wall time of fn() over `iters` calls after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / iters
-
-
 @torch.no_grad()
 def tubelet_benchmark(args, device, batch_size, iters):
     """(pairs/s of make_views in tubelet mode, pairs/s of the tubelets alone) on random uint8 clips of
@@ -726,11 +714,6 @@ def benchmark(args, d, loader, model, optimizer):
           f"{step_s:.2f} s per batch of {bs})", flush=True)
     print(f"tubelets / step time: {100 * bs / tubelets_per_s / step_s:.2f}%  (all of make_views: "
           f"{100 * bs / pairs_per_s / step_s:.1f}%)", flush=True)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ============ training ============
