@@ -454,6 +454,10 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
         samples = [(v.path, v.actions) for v in read_charades_csv(files[0])]
     else:
         raise ValueError(f"setup {setup_name!r} has an unknown dataset {s.dataset!r}")
+    if s.dataset == "ssv2" and video_root is not None and os.path.isdir(video_root):
+        # SEVERE ran on videos converted from the released .webm: take whatever extension is on disk
+        found = {os.path.splitext(name)[0]: name for name in sorted(os.listdir(video_root))}
+        samples = [(found.get(os.path.splitext(p)[0], p), target) for p, target in samples]
     if video_root is not None:
         on_disk = drop_missing([(os.path.join(video_root, p), k) for k, (p, _) in enumerate(samples)],
                                f"{setup_name} {split} split (--data-root {video_root})")
@@ -1644,7 +1648,7 @@ def parse_args(argv=None):
                     "on a downstream setup; --summary prints Table 4.4 / 5.8 from result files. The "
                     "defaults shown are --setup ucf101's; every setup's schedule is a preset (below).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    add_common_args(parser, lists=False)
     g = parser.add_argument_group("SEVERE")
     g.add_argument("--setup", default="ucf101", choices=sorted(SETUPS) + ["all"],
                    help="downstream setup (Table 4.4 / 5.1); 'all' runs the eight SEVERE setups, each with its "
@@ -1815,9 +1819,9 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    if sched.optimizer == "sgd":  # Charades (App. C.4) and the linear probe (Table B.2)
+    if sched.optimizer == "sgd":  # Charades only (SlowFast's recipe in SEVERE's config, App. C.4)
         optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay)
-    else:  # finetuning: Adam (App. C.4)
+    else:  # finetuning and the linear probe: Adam ("We train with the Adam optimizer", App. B.2.1)
         optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
     scaler = grad_scaler(d.device, args.amp)
@@ -1882,6 +1886,9 @@ def main(argv=None):
         print(summarize(load_results(args.summary)))
         return
     if args.print_split:
+        if not (args.ann_root or args.data_root):
+            raise SystemExit(f"--print-split {args.print_split} needs --ann-root (the folder of the official "
+                             f"annotation files) or --data-root")
         print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed)
         return
     d = Dist(args.device)

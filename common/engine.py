@@ -23,11 +23,12 @@ import torch.distributed as dist
 
 # ============ flags every script shares ============
 
-def add_common_args(parser, video=True, **help):
+def add_common_args(parser, video=True, lists=True, **help):
     """The flags of every script. A script changes a default with `parser.set_defaults` before
     parsing (so --help shows it), sets defaults that depend on other flags with the presets of
     `parse_with_presets`, and words a flag's help its own way with help={dest: text} keywords.
-    video=False leaves out the list-file and clip flags (skeleton data)."""
+    video=False leaves out the list-file and clip flags (skeleton data); lists=False only the list-file
+    flags (severe_eval.py reads each setup's official annotation files instead)."""
     g = parser.add_argument_group("data and run")
 
     def add(flag, **kwargs):
@@ -36,7 +37,7 @@ def add_common_args(parser, video=True, **help):
 
     add("--data-root", default=None, help="folder the list files' paths are relative to; without it the built-in "
                                           "synthetic dataset is written (once) and used")
-    if video:
+    if video and lists:
         add("--train-list", default=None, help="training list: 'path label' lines, or the Kinetics CSV")
         add("--val-list", default=None, help="validation list, same format")
     add("--out-dir", default="runs/default", help="checkpoint.pt, log.jsonl and the result files are written here")

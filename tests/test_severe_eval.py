@@ -104,6 +104,13 @@ def test_print_split_lists_the_official_files():
     lines = run(["--setup", "ucf_1000", "--print-split", "train", "--ann-root", ANNOTATIONS]).stdout.split()
     assert len(lines) == 1010 and all(line.endswith(".avi") for line in lines)
     assert len(run(["--setup", "hmdb51", "--print-split", "test", "--ann-root", ANNOTATIONS]).stdout.split()) == 1530
+    proc = subprocess.run([sys.executable, "severe_eval.py", "--setup", "ucf101", "--print-split", "train"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--print-split train needs --ann-root" in proc.stderr
+    # the list-file flags of the other video scripts are not offered: setups read their official files
+    proc = subprocess.run([sys.executable, "severe_eval.py", "--train-list", "x.txt"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unrecognized arguments: --train-list" in proc.stderr
 
 
 def test_torchrun_two_processes(tmp_path):

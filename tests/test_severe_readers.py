@@ -62,6 +62,18 @@ def test_ssv2_validation():
     assert not os.path.exists(os.path.join(ANN, "ssv2", "something-something-v2-train.json"))  # not shipped
 
 
+def test_ssv2_takes_the_extension_found_on_disk(tmp_path):
+    """SEVERE ran on converted SSv2 videos: a video on disk as .mp4 is used, a .webm one too, and a video
+    that is on disk under no extension is left out."""
+    val, _ = se.read_ssv2_split(os.path.join(ANN, "ssv2", "something-something-v2-labels.json"),
+                                os.path.join(ANN, "ssv2", "something-something-v2-validation.json"))
+    (a, label_a), (b, label_b) = val[0], val[1]
+    (tmp_path / a.replace(".webm", ".mp4")).write_bytes(b"")
+    (tmp_path / b).write_bytes(b"")
+    samples = se.setup_samples("ssv2", "test", ANN, video_root=str(tmp_path))
+    assert samples == [(a.replace(".webm", ".mp4"), label_a), (b, label_b)]
+
+
 def test_ssv2_train_json_format_and_unknown_template(tmp_path):
     labels_json = os.path.join(ANN, "ssv2", "something-something-v2-labels.json")
     train = [{"id": "78687", "label": "holding potato next to vicks vaporub bottle",
