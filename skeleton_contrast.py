@@ -46,7 +46,7 @@ from torchvision.utils import draw_keypoints, save_image
 from common.backbones import AGCN, NTU_EDGES
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
-                           save_atomic, save_epoch, seconds_per_call, seed_everything)
+                           save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
 from common.moco import check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue, momentum_update
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
@@ -939,7 +939,7 @@ def pretrain(args, d):
         scheduler.step()
         save_epoch(d, args.out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
         if d.main:  # each query encoder alone, without its projection head: for use outside this script
-            for r, encoder in (model.module if d.distributed else model).encoder_q.items():
+            for r, encoder in unwrap(model).encoder_q.items():
                 save_atomic(encoder.backbone.state_dict(), os.path.join(args.out_dir, f"backbone_{r}.pt"))
         d.barrier()
 
