@@ -9,6 +9,7 @@ The skeleton encoders at the end (ST-GCN, the Ch. 2 student; 2s-AGCN joint strea
 encoder f^STG of Ch. 3) have no torchvision counterpart and are written out here.
 """
 import math
+import re
 
 import torch
 from torch import nn
@@ -18,7 +19,62 @@ from torchvision.models import video as tv_video
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
-BACKBONES = {"r2plus1d_18": tv_video.r2plus1d_18, "r3d_18": tv_video.r3d_18}
+
+
+class ZeroPadShortcut(nn.Module):
+    """Hara et al.'s type-A shortcut: the input subsampled by `stride` in time and space, its new
+    channels zero. No parameters (their ResNet-18 and -34 use it; ResNet-50 and deeper use type B)."""
+
+    def __init__(self, planes, stride):
+        super().__init__()
+        self.planes, self.stride = planes, stride
+
+    def forward(self, x):
+        x = x[:, :, ::self.stride, ::self.stride, ::self.stride]
+        return torch.cat([x, x.new_zeros((x.shape[0], self.planes - x.shape[1]) + x.shape[2:])], 1)
+
+
+def hara_r3d_18():
+    """3D-ResNet-18 of Hara et al. ("Can spatiotemporal 3D CNNs retrace the history of 2D CNNs and
+    ImageNet?", CVPR 2018; github.com/kenshohara/3D-ResNets-PyTorch), the network of thesis Ch. 2,
+    built from torchvision's video ResNet parts: a 7x7x7 stem with stride (1, 2, 2) and a 3x3x3 max-pool
+    of stride 2, then torchvision's R3D basic blocks with type-A shortcuts. At 16 x 112 x 112 its last
+    block's map is 1 x 4 x 4 (torchvision's r3d_18, 3x7x7 stem and no pool: 2 x 7 x 7, and 4.9x the
+    multiply-accumulates).
+    State-dict keys are torchvision's (`convert_hara_state_dict` reads Hara's released files)."""
+    def stem():
+        return nn.Sequential(nn.Conv3d(3, 64, 7, stride=(1, 2, 2), padding=3, bias=False), nn.BatchNorm3d(64),
+                             nn.ReLU(inplace=True), nn.MaxPool3d(3, stride=2, padding=1))
+    net = tv_video.VideoResNet(tv_video.resnet.BasicBlock, [tv_video.resnet.Conv3DSimple] * 4, [2, 2, 2, 2], stem)
+    for layer, planes in ((net.layer2, 128), (net.layer3, 256), (net.layer4, 512)):
+        layer[0].downsample = ZeroPadShortcut(planes, 2)
+    return net
+
+
+def convert_hara_state_dict(state):
+    """Hara et al.'s released ResNet-18 checkpoint ({'state_dict': {'module.conv1.weight', ...}} or the
+    bare dict) -> torchvision keys for `hara_r3d_18`: conv1/bn1 -> stem.0/stem.1, layerX.Y.convK ->
+    layerX.Y.convK.0, layerX.Y.bnK -> layerX.Y.convK.1. Their files predate BatchNorm's
+    num_batches_tracked, which is filled in with 0; fc.* is kept (callers drop it)."""
+    state = state.get("state_dict", state)
+    out = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        key = key.replace("conv1.", "stem.0.", 1).replace("bn1.", "stem.1.", 1) if key.startswith(("conv1.", "bn1.")) \
+            else re.sub(r"^(layer\d\.\d)\.(conv|bn)(\d)\.", lambda m: f"{m[1]}.conv{m[3]}.{0 if m[2] == 'conv' else 1}.", key)
+        out[key] = value
+    for key in [k for k in out if k.endswith(".running_var")]:
+        out.setdefault(key[:-len("running_var")] + "num_batches_tracked", torch.tensor(0))
+    return out
+
+
+BACKBONES = {"r2plus1d_18": tv_video.r2plus1d_18, "r3d_18": tv_video.r3d_18, "hara_r3d_18": hara_r3d_18}
+
+
+def is_hara_state_dict(state):
+    """True for a checkpoint in the layout of Hara et al.'s released files (conv1.weight at the top)."""
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    return isinstance(state, dict) and any(k in state for k in ("conv1.weight", "module.conv1.weight"))
 
 
 def video_encoder(name="r2plus1d_18", in_channels=3):

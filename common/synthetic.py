@@ -393,6 +393,10 @@ def _action_people(action, rng, num_frames):
         shoulder, sign = (L_SHOULDER, 1) if action == "raise_left_arm" else (R_SHOULDER, -1)
         angles[:, shoulder, Z] += sign * rng.uniform(2.3, 2.9) * env
         angles[:, shoulder, X] -= rng.uniform(0, 0.3) * env
+    elif action == "raise_both_arms":  # both up sideways, over the head
+        lift = rng.uniform(2.3, 2.9) * env
+        angles[:, L_SHOULDER, Z] += lift
+        angles[:, R_SHOULDER, Z] -= lift
     elif action == "wave":  # right upper arm out, forearm up, forearm swinging side to side
         swing = 0.45 * np.sin(2 * np.pi * rng.uniform(2.5, 4.5) * u + rng.uniform(0, 2 * np.pi))
         angles[:, R_SHOULDER, Z] -= rng.uniform(1.2, 1.5) * env
@@ -558,9 +562,20 @@ def write_png16(path, array):
 # shares low-level motion with the target without sharing a class: arm raises (source) vs waving
 # and clapping (target), squatting vs jumping and bowing, two people walking up to each other vs
 # two people shaking hands, so a teacher trained on the source has features worth transferring.
+# No class is the mirror image of another, and every performance is mirrored (left and right
+# swapped) with p = 1/2: a class looks the same flipped, so Hara et al.'s horizontal flip keeps
+# every label's meaning, as it does for NTU's actions ("raise_arm" is either arm).
 PAIRED_TARGET = ((1, "wave"), (2, "clap"), (3, "kick"), (4, "jump"), (5, "bow"), (6, "handshake"))
-PAIRED_SOURCE = ((61, "raise_left_arm"), (62, "raise_right_arm"), (63, "squat"), (64, "approach"))
-PAIRED_FORMAT_VERSION = 2  # bump when the rendering changes, so old caches are not reused
+PAIRED_SOURCE = ((61, "raise_arm"), (62, "raise_both_arms"), (63, "squat"), (64, "approach"))
+_PAIRED_MOTION = {"raise_arm": "raise_right_arm"}  # the generator of a class, before the mirror draw
+PAIRED_FORMAT_VERSION = 4  # bump when the rendering changes, so old caches are not reused
+# NTU's joints of the left and right body sides (0-based): arm, leg, hand tip and thumb
+MIRROR_JOINTS = np.arange(25)
+MIRROR_JOINTS[[4, 5, 6, 7, 12, 13, 14, 15, 21, 22]] = [8, 9, 10, 11, 16, 17, 18, 19, 23, 24]
+MIRROR_JOINTS[[8, 9, 10, 11, 16, 17, 18, 19, 23, 24]] = [4, 5, 6, 7, 12, 13, 14, 15, 21, 22]
+# Cameras 2.0-2.3 m from the performance (NTU's subjects stand 2.5-4.5 m from 1920 x 1080 cameras): at
+# this world's few pixels a standing person spans about 70% of the depth frame's height, arms a few pixels.
+CAMERA_DISTANCE = (2.0, 2.3)
 NTU_FPS = 30
 CAMERA_YAWS = (-np.pi / 4, 0.0, np.pi / 4)  # cameras 1, 2, 3: NTU's -45, 0 and +45 degrees
 # Horizontal fields of view of the Kinect v2 colour and depth cameras (degrees); both cameras are
@@ -647,21 +662,30 @@ def rasterise_capsules(ends, radii, size, intrinsics):
     return depth, capsule
 
 
-def _paired_scene(action, rng, num_frames, scales, side):
+def mirror_people(joints):
+    """(..., 25, 3) joints -> their mirror image in the YZ plane: X negated, left and right joints swapped."""
+    return joints[..., MIRROR_JOINTS, :] * np.array([-1.0, 1.0, 1.0])
+
+
+def _paired_scene(action, rng, num_frames, scales, side, mirror=None):
     """Joints (T, M, 25, 3) of one performance in the scene frame (metres; Y up, floor at Y = 0),
-    M = 1 or 2 people with body sizes `scales` (M,), as render_skeleton_action poses them, turned
-    as a whole towards the camera on one side (side +1 or -1, about 45 degrees): NTU's subjects
-    perform every action twice, facing the left and then the right camera."""
-    people = _action_people(action, rng, num_frames)
+    M = 1 or 2 people with body sizes `scales` (M,), as render_skeleton_action poses them, mirrored
+    with p = 1/2 (mirror=None; True / False forces it), turned as a whole towards the camera on one
+    side (side +1 or -1, about 45 degrees): NTU's subjects perform every action twice, facing the
+    left and then the right camera."""
+    drawn = rng.random() < 0.5
+    mirror = drawn if mirror is None else mirror
+    people = _action_people(_PAIRED_MOTION.get(action, action), rng, num_frames)
     turn = _rotation(Y, side * np.pi / 4 + rng.normal(0, 0.15))
     offset = np.array([rng.uniform(-0.2, 0.2), 0.0, rng.uniform(-0.2, 0.2)])
     scene = np.zeros((num_frames, len(people), 25, 3))
     for m, ((angles, root, heading, where), scale) in enumerate(zip(people, scales)):
         root = scale * root + [0, scale * _HIP_HEIGHT, 0]
         joints = forward_kinematics(angles, np.zeros_like(root), scale)
-        root = root + np.insert(where, 1, 0, axis=1)
-        scene[:, m] = (joints @ _rotation(Y, heading).T + root[:, None]) @ turn.T + offset
-    return scene
+        scene[:, m] = joints @ _rotation(Y, heading).T + (root + np.insert(where, 1, 0, axis=1))[:, None]
+    if mirror:
+        scene = mirror_people(scene)
+    return scene @ turn.T + offset
 
 
 def _to_camera(scene, camera, rig):
@@ -780,7 +804,7 @@ def _paired_performance(job):
     scales, colours = zip(subject_look, partner)
     scene = _paired_scene(action, rng, length, scales, 1 if replication % 2 else -1)
     colours = np.stack(colours[:scene.shape[1]])
-    rig = (rng.uniform(3.0, 3.4), rng.uniform(0.9, 1.1), rng.uniform(-0.08, 0.08))
+    rig = (rng.uniform(*CAMERA_DISTANCE), rng.uniform(0.9, 1.1), rng.uniform(-0.08, 0.08))
     skeletons = []
     for camera in (1, 2, 3):
         name = f"S001C{camera:03d}P{subject:03d}R{replication:03d}A{number:03d}"

@@ -51,14 +51,18 @@ def read_log(path):
 
 @pytest.fixture(scope="module")
 def teacher(data, tmp_path_factory):
-    """One flow teacher trained by --stage teacher on the source actions (A061, A062), shared by the tests."""
+    """One flow teacher trained by --stage teacher on the source actions (A061, A062), shared by the tests.
+    It trains on the cross-view training videos (cameras 2, 3) and is evaluated on the held-out camera 1."""
     out = str(tmp_path_factory.mktemp("teacher"))
     proc = run([*TINY, *flags(data), "--stage", "teacher", "--teacher-modality", "flow", "--out-dir", out])
-    assert "teacher: 12 source videos (ntu120_minus_60, flow), 2 classes" in proc.stdout
-    assert [r["epoch"] for r in read_log(os.path.join(out, "teacher"))] == [0]
+    assert "teacher: 8 source videos (ntu120_minus_60, flow), 2 classes, 4 held out" in proc.stdout
+    log = read_log(os.path.join(out, "teacher"))
+    assert [r["epoch"] for r in log[:-1]] == [0]
+    assert log[-1]["held_out_videos"] == 4 and log[-1]["held_out_top1"] in (0, 25, 50, 75, 100)
+    assert f"video-level top-1 {log[-1]['held_out_top1']:.2f}% on 4 held-out source videos" in proc.stdout
     saved = torch.load(os.path.join(out, "teacher", "teacher.pt"), weights_only=True)
-    assert saved["modality"] == "flow" and saved["num_classes"] == 2
-    assert saved["encoder"]["stem.0.weight"].shape[1] == 2
+    assert saved["modality"] == "flow" and saved["num_classes"] == 2 and saved["arch"] == "hara_r3d_18"
+    assert saved["encoder"]["stem.0.weight"].shape[1:] == (2, 7, 7, 7)  # Hara et al.'s stem
     return os.path.join(out, "teacher", "teacher.pt")
 
 
@@ -70,7 +74,7 @@ def val_videos(data):
 def test_video2clip_transfer_with_mse(data, teacher, tmp_path):
     out = str(tmp_path / "video2clip")
     proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-checkpoint", teacher,
-                "--granularity", "video2clip", "--loss", "mse", "--depth-crop", "actors", "--out-dir", out])
+                "--granularity", "video2clip", "--loss", "mse", "--out-dir", out])
     # 12 training depth folders (cameras 2, 3) of the 3 target actions, all with their flow
     assert "transfer: 12 unlabeled (flow, depth) pairs, granularity video2clip, mse loss" in proc.stdout
     log = read_log(os.path.join(out, "transfer"))
@@ -116,9 +120,14 @@ def test_depth_pipeline_resume_seeds_and_fuse(data, teacher, tmp_path):
     assert rows[0] != rows[1]
 
     # baselines of Table 2.4 in the same out-dir, then the two-stream fusion of Table 2.1
-    run([*TINY, *flags(data), "--init", "scratch", "--depth-crop", "actors", "--out-dir", out])
+    proc = run([*TINY, *flags(data), "--init", "scratch", "--out-dir", out])
+    assert "init scratch, training every layer" in proc.stdout and "stages finetune, eval" in proc.stdout
     proc = run([*TINY, *flags(data), "--init", "teacher", "--teacher-checkpoint", teacher, "--out-dir", out])
-    assert "stages finetune, eval" in proc.stdout
+    assert "init teacher, training the last block and fc" in proc.stdout and "stages finetune, eval" in proc.stdout
+    # a given student: the run needs neither a teacher nor a transfer, and trains neither
+    student = os.path.join(out, "transfer", "student.pt")
+    proc = run([*TINY, *flags(data), "--student-checkpoint", student, "--out-dir", str(tmp_path / "given")])
+    assert "done: stages finetune, eval" in proc.stdout and not os.path.exists(tmp_path / "given" / "teacher")
     a, b = os.path.join(out, "results_transfer_k1.json"), os.path.join(out, "results_scratch_k1.json")
     proc = run(["--fuse", a, b, "--out-dir", str(tmp_path / "fused")])
     fused = json.load(open(tmp_path / "fused" / "results_fused.json"))
@@ -145,10 +154,10 @@ def test_rgb_teacher_from_a_torchvision_state_dict(data, tmp_path):
     torch.save(r3d_18().state_dict(), path)  # the layout of torchvision's Kinetics-400 weights
     out = str(tmp_path / "rgb")
     proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-modality", "rgb", "--granularity",
-                "clip2clip", "--teacher-checkpoint", path, "--out-dir", out])
+                "clip2clip", "--teacher-checkpoint", path, "--arch", "r3d_18", "--out-dir", out])
     assert "transfer: 12 unlabeled (rgb, depth) pairs" in proc.stdout
     # the same 3-channel file as a flow teacher: a message naming the flag and the file
-    proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-modality", "flow",
+    proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-modality", "flow", "--arch", "r3d_18",
                 "--teacher-checkpoint", path, "--out-dir", out], check=False)
     assert proc.returncode != 0
     assert f"--teacher-checkpoint {path}: its first convolution takes 3 input channel(s)" in proc.stderr

@@ -1,6 +1,7 @@
 """distill_modality.py's tricky pieces: NTU pair matching, 16-bit depth, the granularity losses
 (Eq. 2.1-2.5), per-class sampling, frozen finetuning, --init teacher, checkpoint errors."""
 import argparse
+import json
 import os
 
 import numpy as np
@@ -61,6 +62,23 @@ def test_depth_png_reads_back_all_16_bits(tmp_path):
     # the fixed metric scaling: 0 stays 0, 2.25 m -> 0.5, 4.5 m and beyond -> 1
     x = dm.normalise(torch.tensor([0, 2250, 4500, 9000]).view(1, 4, 1, 1, 1), "depth")
     assert x.flatten().tolist() == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_an_8_bit_depth_png_is_refused_before_training_with_the_flag_and_file(tmp_path):
+    from torchvision.io import encode_png
+    depth, rgb = tmp_path / "nturgb+d_depth_masked", tmp_path / "nturgb+d_rgb"
+    (depth / "S001C002P001R001A001").mkdir(parents=True)
+    rgb.mkdir()
+    png = depth / "S001C002P001R001A001" / "MDepth-00000001.png"
+    png.write_bytes(encode_png(torch.full((1, 4, 4), 7, dtype=torch.uint8)).numpy().tobytes())
+    args = dm.parse_args(["--depth-dir", str(depth), "--rgb-dir", str(rgb), "--teacher-modality", "rgb",
+                          "--stage", "finetune", "--init", "scratch"])
+    with pytest.raises(SystemExit) as err:
+        dm.check_inputs(args, ["finetune", "eval"])
+    assert str(err.value) == (f"--depth-dir {depth}: {png}: an 8-bit PNG; masked depth maps are 16-bit PNGs in "
+                              f"millimetres (NTU's nturgb+d_depth_masked)")
+    write_png16(str(png), np.full((4, 4), 3000, np.uint16))
+    dm.check_inputs(args, ["finetune", "eval"])  # a 16-bit one passes
 
 
 def test_flow_frames_in_both_layouts(tmp_path):
@@ -145,13 +163,13 @@ def test_per_class_subset_is_exact_and_seeded():
 
 def test_depth_finetuning_trains_only_layer4_and_fc():
     torch.manual_seed(0)
-    encoder, width = video_encoder("r3d_18", in_channels=1)
+    encoder, width = video_encoder("hara_r3d_18", in_channels=1)
     model = dm.Classifier(encoder, width, 3)
-    params = dm.freeze_for_finetuning(model, "depth")
+    params = dm.freeze_for_finetuning(model, "last")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
     for _ in range(2):
-        dm.train_mode(model, "depth")
+        dm.train_mode(model, "last")
         loss = F.cross_entropy(model(torch.rand(4, 1, 4, 16, 16)), torch.tensor([0, 1, 2, 0]))
         optimizer.zero_grad()
         loss.backward()
@@ -167,21 +185,67 @@ def test_depth_finetuning_trains_only_layer4_and_fc():
     assert "encoder.layer4.1.conv2.1.running_mean" in changed  # BN of the trained block keeps learning
 
 
+def test_init_scratch_trains_every_layer_as_table_2_4_defines_from_scratch():
+    """Table 2.4: From-scratch is "training directly on the target modality without any pretraining"."""
+    torch.manual_seed(0)
+    model = dm.Classifier(video_encoder("hara_r3d_18", in_channels=1)[0], 512, 3)
+    assert len(dm.freeze_for_finetuning(model, "all")) == len(list(model.parameters()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dm.train_mode(model, "all")
+    dm.Classifier.forward(model, torch.rand(2, 1, 4, 16, 16)).sum().backward()
+    assert all(m.training for m in model.modules())
+    assert not torch.equal(before["encoder.stem.1.running_mean"], model.state_dict()["encoder.stem.1.running_mean"])
+    assert model.encoder.stem[0].weight.grad is not None
+    ntu = ["--data-root", "data/ntu"]
+    assert dm.parse_args(ntu + ["--init", "scratch"]).finetune_layers == "all"
+    assert dm.parse_args(ntu).finetune_layers == "last"  # Sec 2.4.3: the last block and fc
+    assert dm.parse_args(ntu + ["--init", "teacher"]).finetune_layers == "last"
+    assert dm.parse_args(ntu + ["--init", "scratch", "--finetune-layers", "last"]).finetune_layers == "last"
+    assert dm.parse_args(ntu + ["--target", "skeleton"]).finetune_layers == "all"  # Sec 2.4.3: all of ST-GCN
+    with pytest.raises(SystemExit):
+        dm.parse_args(ntu + ["--target", "skeleton", "--finetune-layers", "last"])
+
+
+def test_optimiser_is_hara_et_al_2018_sgd_with_dampening_and_a_plateau_schedule(tmp_path):
+    """SGD momentum 0.9, dampening 0.9; lr x 0.1 once the epoch's loss has not fallen for 10 epochs."""
+    from common.engine import Dist
+    args = dm.parse_args(["--data-root", "data/ntu", "--out-dir", str(tmp_path), "--print-freq", "100"])
+    assert (args.lr, args.dampening, args.lr_schedule, args.lr_patience) == (0.1, 0.9, "plateau", 10)
+    model = torch.nn.Linear(3, 2)
+    loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2)
+    run = dm.StageRun(args, Dist("cpu"), str(tmp_path), model, model.parameters(), loader, 14, 1e-3, "transfer")
+    group = run.optimizer.param_groups[0]
+    assert (group["momentum"], group["dampening"], group["weight_decay"]) == (0.9, 0.9, 1e-3)
+    lrs = []
+    for epoch in run.epochs():  # a loss that stops falling after epoch 1
+        for it in range(len(loader)):
+            run.step(model(torch.ones(1, 3)).sum() * 0 + max(5.0 - epoch, 4.0), it)
+        run.end_epoch()
+        lrs.append(group["lr"])
+    # the best loss at epoch 1; 10 epochs without improvement are tolerated, the 11th (epoch 12) reduces
+    assert lrs[:12] == [0.1] * 12 and lrs[12:] == pytest.approx([0.01] * 2)
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["loss"] for r in log[:3]] == [5.0, 4.0, 4.0] and len(log) == 14
+    steps = dm.parse_args(["--data-root", "data/ntu", "--out-dir", str(tmp_path / "s"), "--lr-schedule", "steps"])
+    run = dm.StageRun(steps, Dist("cpu"), str(tmp_path / "s"), model, model.parameters(), loader, 8, 0, "transfer")
+    assert run.scheduler.milestones == {2: 1, 4: 1, 6: 1}  # --lr-steps 0.25 0.5 0.75 of 8 epochs
+
+
 def _args(tmp_path, **kw):
     base = dict(target="depth", init="teacher", teacher_checkpoint=None, teacher_modality="flow",
-                stgcn_width=0.25, out_dir=str(tmp_path), student_checkpoint=None)
+                stgcn_width=0.25, out_dir=str(tmp_path), student_checkpoint=None, arch="hara_r3d_18")
     base.update(kw)
     return argparse.Namespace(**base)
 
 
 def test_init_teacher_sums_the_first_convolution_over_input_channels(tmp_path):
-    teacher, _ = video_encoder("r3d_18", in_channels=2)
+    teacher, _ = video_encoder("hara_r3d_18", in_channels=2)
     state = {k: v.clone() for k, v in teacher.state_dict().items()}
     path = str(tmp_path / "teacher.pt")
     torch.save(dict(encoder=state, modality="flow"), path)
     model = dm.initial_student(_args(tmp_path, teacher_checkpoint=path), 5)
     stem = model.encoder.stem[0].weight
-    assert stem.shape == (64, 1, 3, 7, 7)
+    assert stem.shape == (64, 1, 7, 7, 7)
     assert torch.allclose(stem, state["stem.0.weight"][:, 0:1] + state["stem.0.weight"][:, 1:2])
     assert torch.equal(model.encoder.layer3[0].conv1[0].weight, state["layer3.0.conv1.0.weight"])
     assert model.fc.out_features == 5
@@ -191,11 +255,14 @@ def test_torchvision_state_dict_with_wrong_channels_names_flag_and_file(tmp_path
     path = str(tmp_path / "r3d_18_kinetics.pth")
     torch.save(r3d_18().state_dict(), path)  # 3 input channels, with fc.*
     with pytest.raises(SystemExit) as err:
-        dm.build_teacher(_args(tmp_path, teacher_modality="flow"), path)
+        dm.build_teacher(_args(tmp_path, teacher_modality="flow", arch="r3d_18"), path)
     message = str(err.value)
     assert "--teacher-checkpoint" in message and path in message and "3 input channel" in message
-    teacher = dm.build_teacher(_args(tmp_path, teacher_modality="rgb"), path)  # fits an RGB teacher
+    teacher = dm.build_teacher(_args(tmp_path, teacher_modality="rgb", arch="r3d_18"), path)  # an RGB teacher
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    with pytest.raises(SystemExit, match="pass --arch r3d_18") as err:  # torchvision's network, not Hara's
+        dm.build_teacher(_args(tmp_path, teacher_modality="rgb"), path)
+    assert "weights do not match" in str(err.value) and path in str(err.value)
 
 
 def test_student_projection_only_when_widths_differ():
@@ -228,20 +295,30 @@ def test_clear_errors_for_missing_inputs(tmp_path):
         dm.parse_args(["--target", "skeleton", "--granularity", "combined", "--depth-dir", "x"])
 
 
-def test_corner_crop_whole_frame_without_flip_is_a_plain_resize():
-    """--min-crop-scale 1 --no-flip: every training crop is the whole frame, resized."""
-    x = torch.randn(8, 2, 4, 36, 36)
-    out = dm.multiscale_corner_crop(x, 32, "flow", min_scale=1.0, flip=False)
-    expected = F.interpolate(x.reshape(8, 8, 36, 36), size=(32, 32), mode="bilinear",
-                             align_corners=False).view(8, 2, 4, 32, 32)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    # with flips, a flow clip is either that resize or its mirror image with the x motion negated
+def test_corner_crop_is_one_of_hara_et_als_crops_flipped_with_p_one_half():
+    """Sec 2.4.3 / [83]: a square of side 1, 2^-1/4, 2^-1/2, 2^-3/4 or 1/2 of the frame at a corner or the
+    centre, resized, flipped with p = 1/2 (flow: x negated). On a 32-pixel frame resized to 16 the sides
+    1 and 1/2 are whole pixels, so those crops can be written out by slicing: 2 of the 5 scales."""
     torch.manual_seed(0)
-    flipped = dm.multiscale_corner_crop(x, 32, "flow", min_scale=1.0, flip=True)
-    mirror = torch.cat([-expected[:, :1], expected[:, 1:]], 1).flip(-1)
-    plain = [torch.allclose(f, e, atol=1e-5) for f, e in zip(flipped, expected)]
-    mirrored = [torch.allclose(f, m, atol=1e-5) for f, m in zip(flipped, mirror)]
-    assert all(p or m for p, m in zip(plain, mirrored)) and any(plain) and any(mirrored)
+    x = torch.randn(400, 2, 2, 32, 32)
+    out = dm.multiscale_corner_crop(x, 16, "flow")
+    whole = F.interpolate(x.reshape(400, 4, 32, 32), size=(16, 16), mode="bilinear",
+                          align_corners=False).view(400, 2, 2, 16, 16)
+    candidates = {"whole": whole}
+    for name, (y, x0) in dict(centre=(8, 8), top_left=(0, 0), top_right=(0, 16), bottom_left=(16, 0),
+                              bottom_right=(16, 16)).items():
+        candidates[name] = x[..., y:y + 16, x0:x0 + 16]
+    found = []
+    for b in range(400):
+        for name, c in candidates.items():
+            mirror = torch.cat([-c[b, :1], c[b, 1:]]).flip(-1)
+            if torch.allclose(out[b], c[b], atol=1e-5):
+                found.append((name, False))
+            elif torch.allclose(out[b], mirror, atol=1e-5):
+                found.append((name, True))
+    assert set(found) == {(n, f) for n in candidates for f in (False, True)}  # every crop, flipped and not
+    assert 0.3 < len(found) / 400 < 0.5  # 2 of the 5 scales
+    assert 0.35 < sum(f for _, f in found) / len(found) < 0.65
 
 
 def test_skeleton_frames_keeps_the_first_frames_and_refuses_to_cut_a_sequence(tmp_path):
@@ -281,40 +358,63 @@ def test_synthetic_preset_transfer_epochs_depend_on_the_student_and_yield_to_fla
     assert real.transfer_epochs == 120 and dm.stage_epochs(real, "transfer") == 120
 
 
-def test_depth_crop_actors_reads_the_square_around_the_clips_actors(tmp_path):
-    """--depth-crop actors: the box of the nonzero pixels over the clip's frames, +10%, made square and
-    kept inside the frame; the whole frame without actors; the thesis's full frame by default."""
-    frames = np.zeros((4, 60, 80), np.uint16)
-    frames[0, 10:30, 40:44] = 3000  # the actor moves right and down over the clip: rows 10..34, cols 40..51
-    frames[1, 15:35, 48:52] = 3100
-    frames[3, 0:60, 0:2] = 2000  # a frame outside the clip read below
-    folder = tmp_path / "S001C002P001R001A001"
-    folder.mkdir()
-    for t, image in enumerate(frames):
-        write_png16(str(folder / f"MDepth-{t + 1:08d}.png"), image)
+# ============ Hara et al.'s 3D-ResNet-18 (Sec 2.4.3, [83]) ============
 
-    clip = dm.Modality("depth", actor_crop=True).read(str(folder), [0, 1, 2], 28, 0.5)[..., 0]
-    side = int(24 * (1 + dm.ACTOR_MARGIN)) + 2  # rows 10..34 span 24, the longer side of the box
-    assert side == 28 and clip.shape == (3, 28, 28)  # the square's side is the short side: no resize
-    top, left = int((10 + 34) / 2 - side / 2), int((40 + 51) / 2 - side / 2)
-    np.testing.assert_array_equal(clip.numpy(), frames[:3, top:top + side, left:left + side].astype(np.int32))
-    assert (clip > 0).sum() == (frames[:3] > 0).sum()  # every actor pixel of the clip is inside
+def _conv_macs_and_map(net, shape):
+    """Multiply-accumulates of every convolution and the last block's output shape, on the meta device
+    (shapes only, nothing computed)."""
+    macs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: macs.append(o.numel() // o.shape[0] * m.in_channels
+                                                                 * int(np.prod(m.kernel_size))))
+             for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    x = net.stem(torch.empty(shape, device="meta"))
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+    for h in hooks:
+        h.remove()
+    return sum(macs), tuple(x.shape[2:])
 
-    # an actor spanning the frame's height: the square is the frame's short side, moved inside it
-    edge = dm.Modality("depth", actor_crop=True).read(str(folder), [3], 60, 0.5)[0, ..., 0]
-    np.testing.assert_array_equal(edge.numpy(), frames[3, :, :60].astype(np.int32))
-    # no actor in the clip: the frame's centre square; actor_crop off: the frame's centre square too
-    empty = dm.Modality("depth", actor_crop=True).read(str(folder), [2], 60, 0.5)
-    assert empty.shape == (1, 60, 60, 1) and not empty.any()
-    whole = dm.Modality("depth").read(str(folder), [0], 60, 0.5)[0, ..., 0]
-    np.testing.assert_array_equal(whole.numpy(), frames[0, :, 10:70].astype(np.int32))
-    # evaluation: every clip of the video around its own actors, like the training clips
-    video = dm.Clips([(str(folder), 0)], "depth", 2, 28, train=False, actor_crop=True)[0]["clip"]
-    assert video.shape == (2, 2, 28, 28, 1)
-    for k, start in enumerate((0, 2)):
-        own = dm.Modality("depth", actor_crop=True).read(str(folder), [start, start + 1], 28, 0.5)
-        assert torch.equal(video[k], own)
-    with pytest.raises(ValueError, match="masked depth"):
-        dm.Modality("flow", actor_crop=True)
-    assert dm.parse_args([]).depth_crop == "actors"  # the synthetic preset
-    assert dm.parse_args(["--data-root", "data/ntu"]).depth_crop == "frame"  # the thesis's default
+
+def test_hara_3d_resnet_18_stem_pool_shortcuts_and_final_map():
+    from common.backbones import ZeroPadShortcut
+    hara, width = video_encoder("hara_r3d_18")
+    conv, pool = hara.stem[0], hara.stem[3]
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7, 7), (1, 2, 2), (3, 3, 3)) and width == 512
+    assert isinstance(pool, torch.nn.MaxPool3d) and (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    # type-A shortcuts: no parameters; the input subsampled by 2 and zero-padded to the new width
+    assert not any("downsample" in k for k in hara.state_dict())
+    x = torch.randn(2, 64, 5, 7, 7)
+    expected = torch.cat([F.avg_pool3d(x, kernel_size=1, stride=2), torch.zeros(2, 64, 3, 4, 4)], 1)
+    assert torch.equal(ZeroPadShortcut(128, 2)(x), expected)  # Hara et al.'s downsample_basic_block
+    assert isinstance(hara.layer3[0].downsample, ZeroPadShortcut)
+    hara_macs, hara_map = _conv_macs_and_map(hara.to("meta"), (1, 3, 16, 112, 112))
+    tv_macs, tv_map = _conv_macs_and_map(r3d_18().to("meta"), (1, 3, 16, 112, 112))
+    assert hara_map == (1, 4, 4) and tv_map == (2, 7, 7)
+    assert 4.5 < tv_macs / hara_macs < 5.5  # torchvision's r3d_18: 40.7 against 8.3 GMACs, 4.9x
+    assert dm.parse_args(["--data-root", "data/ntu"]).arch == "hara_r3d_18"
+
+
+def test_hara_et_als_released_resnet_18_file_loads_as_a_teacher(tmp_path):
+    """resnet-18-kinetics.pth: {'arch', 'state_dict': {'module.conv1.weight', 'module.bn1.*',
+    'module.layer1.0.conv1.weight', 'module.layer1.0.bn1.*', ..., 'module.fc.*'}}, without
+    num_batches_tracked (older PyTorch)."""
+    torch.manual_seed(0)
+    reference, _ = video_encoder("hara_r3d_18")
+    hara_keys = {}
+    for key, value in reference.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        parts = key.split(".")
+        if parts[0] == "stem":  # stem.0 -> conv1, stem.1 -> bn1
+            name = ("conv1." if parts[1] == "0" else "bn1.") + parts[-1]
+        else:  # layerX.Y.convK.0 -> layerX.Y.convK, layerX.Y.convK.1 -> layerX.Y.bnK
+            layer, block, conv, index, param = parts
+            name = f"{layer}.{block}.{conv if index == '0' else 'bn' + conv[-1]}.{param}"
+        hara_keys["module." + name] = value.clone()
+    hara_keys["module.fc.weight"], hara_keys["module.fc.bias"] = torch.randn(400, 512), torch.zeros(400)
+    path = str(tmp_path / "resnet-18-kinetics.pth")
+    torch.save(dict(arch="resnet-18", epoch=200, state_dict=hara_keys), path)
+    teacher = dm.build_teacher(_args(tmp_path, teacher_modality="rgb"), path)
+    for key, value in reference.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(teacher.state_dict()[key], value), key

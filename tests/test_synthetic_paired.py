@@ -11,8 +11,8 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.skeleton import (MAX_FRAMES, SkeletonDataset, count_valid_frames, ntu_split,
                              parse_ntu_name, protocol_paths)
-from common.synthetic import (PAIRED_SOURCE, PAIRED_TARGET, flow_to_uint8, paired_intrinsics,
-                              render_paired_views, synthetic_paired_dataset, write_png16)
+from common.synthetic import (MIRROR_JOINTS, PAIRED_SOURCE, PAIRED_TARGET, _paired_scene, flow_to_uint8,
+                              paired_intrinsics, render_paired_views, synthetic_paired_dataset, write_png16)
 from common.video import count_frames, read_clip
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec); they still work
@@ -110,9 +110,9 @@ def test_cross_view_split_and_skeleton_format(dataset):
             assert n == count_valid_frames(sample) == depth_frames
             two_people = dataset["classes"][target[label]] == HANDSHAKE
             assert sample[:, :n, :, 1].any() == two_people
-            # camera space: people stand 2-5 m in front of the camera, below and above its height
+            # camera space: people stand about 2 m in front of the camera, below and above its height
             z = sample[2, :n, :, 0]
-            assert 1.5 < z.min() and z.max() < 5
+            assert 1.0 < z.min() and z.max() < 3.5
             assert sample[1, :n, :, 0].min() < -0.5 < 0.3 < sample[1, :n, :, 0].max()
 
 
@@ -224,3 +224,68 @@ def test_rejects_bad_arguments(tmp_path):
         synthetic_paired_dataset(tmp_path / "a", target_actions=len(PAIRED_TARGET) + 1)
     with pytest.raises(ValueError):
         synthetic_paired_dataset(tmp_path / "b", rgb_size=(47, 64))
+
+
+# ============ the world fits the thesis's augmentation (Sec 2.4.3: corner crops, flips) ============
+
+def _chirality(joints):
+    """Sign of det(left hip - right hip, middle of the spine - its base, the feet's forward direction) per
+    frame: the same for every real body, the opposite for one turned inside out (left and right
+    relabelled without mirroring)."""
+    lateral, up = joints[..., 12, :] - joints[..., 16, :], joints[..., 1, :] - joints[..., 0, :]
+    forward = joints[..., 15, :] - joints[..., 14, :] + joints[..., 19, :] - joints[..., 18, :]
+    return np.sign(np.linalg.det(np.stack([lateral, up, forward], -2)))
+
+
+def _path(joints, j):
+    return np.linalg.norm(np.diff(joints[:, j], axis=0), axis=-1).sum()
+
+
+LEFT_RIGHT = dict(wave=(6, 10), raise_arm=(6, 10), kick=(15, 19))  # (left, right) wrist or foot that acts
+
+
+@pytest.mark.parametrize("action", [a for _, a in PAIRED_TARGET + PAIRED_SOURCE])
+def test_a_mirrored_performance_is_the_same_motion_with_left_and_right_swapped(action):
+    """A horizontal flip of a clip shows the mirror image of its performance. Every class is drawn
+    mirrored with p = 1/2 and no class is the mirror of another (no left- and right-arm pair), so a
+    flipped clip is a likely clip of its own class: the flip keeps every label's meaning."""
+    assert MIRROR_JOINTS[[4, 8, 12, 16, 21, 23]].tolist() == [8, 4, 16, 12, 23, 21]
+    assert (MIRROR_JOINTS[MIRROR_JOINTS] == np.arange(25)).all()
+    scene = [_paired_scene(action, np.random.default_rng(3), 20, (1.0, 0.9), 1, mirror=m) for m in (False, True)]
+    for person in range(scene[0].shape[1]):
+        plain, mirrored = (s[:, person] for s in scene)
+        # the same body motion: every distance between two joints, with left and right swapped
+        dist = lambda j: np.linalg.norm(j[:, :, None] - j[:, None], axis=-1)
+        np.testing.assert_allclose(dist(mirrored), dist(plain)[:, MIRROR_JOINTS][:, :, MIRROR_JOINTS], atol=1e-9)
+        chirality = _chirality(plain)[0]
+        assert (_chirality(plain) == chirality).all() and (_chirality(mirrored) == chirality).all()  # real bodies
+        assert (_chirality(plain[:, MIRROR_JOINTS]) == -chirality).all()  # not merely relabelled
+    if action in LEFT_RIGHT:  # a one-sided action: the other side acts in the mirror image
+        left, right = LEFT_RIGHT[action]
+        assert _path(scene[0][:, 0], right) > 2 * _path(scene[0][:, 0], left)
+        assert _path(scene[1][:, 0], left) > 2 * _path(scene[1][:, 0], right)
+        lefty = [_path(p, left) > _path(p, right) for p in
+                 (_paired_scene(action, np.random.default_rng(s), 20, (1.0, 1.0), 1)[:, 0] for s in range(200))]
+        assert 0.35 < np.mean(lefty) < 0.65  # mirrored with p = 1/2
+    assert not {"raise_left_arm", "raise_right_arm"} & set(dict(PAIRED_SOURCE + PAIRED_TARGET).values())
+
+
+def test_actors_fill_about_three_quarters_of_the_frame_height(dataset):
+    """NTU's actors fill a large part of the frame; here a standing person spans 50-95% of the height of
+    the depth frame's centre square (the square the clips are cut from), in every single-person video
+    (the median over its frames; up to 95% for a jump or raised arms, at this test's 40-pixel frames)."""
+    data = SkeletonDataset(**protocol_paths(dataset["skeleton_dir"], "train"))
+    shares = []
+    for name, label in zip(data.sample_names, data.labels):
+        if dataset["classes"][dataset["target_actions"][label]] == HANDSHAKE:
+            continue
+        folder = os.path.join(dataset["depth_dir"], name)
+        heights = []
+        for f in sorted(os.listdir(folder)):
+            on = read_png16(os.path.join(folder, f)) > 0
+            side = min(on.shape)
+            square = on[:, (on.shape[1] - side) // 2:][:, :side]
+            rows = np.nonzero(square.any(1))[0]
+            heights.append((rows[-1] - rows[0] + 1) / side if len(rows) else 0)
+        shares.append(np.median(heights))
+    assert len(shares) >= 10 and 0.5 < min(shares) and max(shares) <= 0.95 and 0.6 < np.median(shares) < 0.85
