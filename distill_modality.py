@@ -5,7 +5,8 @@ or 3D-skeleton student through its features, using unlabeled modality pairs of t
 (Sec 2.3, Eq. 2.1-2.5); the student is then finetuned with a few labeled target examples per class
 and evaluated video-level (Sec 2.4.3, Tables 2.1-2.5, Fig. 2.3). One script, four stages:
 
-    teacher   supervised 3D-ResNet-18 on the source dataset's RGB or flow (or --teacher-checkpoint)
+    teacher   supervised 3D-ResNet-18 (Hara et al.'s) on the source dataset's RGB or flow, evaluated on its
+              held-out videos (or --teacher-checkpoint)
     transfer  the frozen teacher's penultimate feature supervises the student's (--granularity)
     finetune  --per-class K labeled target examples per class, drawn by --seed (each of --seeds)
     eval      video-level top-1 on the validation split; mean +- std over --seeds

@@ -59,9 +59,14 @@ def convert_hara_state_dict(state):
     state = state.get("state_dict", state)
     out = {}
     for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        key = key.replace("conv1.", "stem.0.", 1).replace("bn1.", "stem.1.", 1) if key.startswith(("conv1.", "bn1.")) \
-            else re.sub(r"^(layer\d\.\d)\.(conv|bn)(\d)\.", lambda m: f"{m[1]}.conv{m[3]}.{0 if m[2] == 'conv' else 1}.", key)
+        key = key.removeprefix("module.")
+        if key.startswith("conv1."):
+            key = "stem.0." + key.removeprefix("conv1.")
+        elif key.startswith("bn1."):
+            key = "stem.1." + key.removeprefix("bn1.")
+        else:  # layerX.Y.convK -> layerX.Y.convK.0, layerX.Y.bnK -> layerX.Y.convK.1
+            key = re.sub(r"^(layer\d\.\d)\.conv(\d)\.", r"\1.conv\2.0.", key)
+            key = re.sub(r"^(layer\d\.\d)\.bn(\d)\.", r"\1.conv\2.1.", key)
         out[key] = value
     for key in [k for k in out if k.endswith(".running_var")]:
         out.setdefault(key[:-len("running_var")] + "num_batches_tracked", torch.tensor(0))
