@@ -46,8 +46,8 @@ from common.engine import (Dist, Progress, add_common_args, append_jsonl, autoca
                            grad_scaler, load_checkpoint, optimizer_step, parse_with_presets, resume_training,
                            save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
-from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, read_clip, read_or_replace,
-                          read_samples)
+from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, drop_missing, read_clip,
+                          read_or_replace, read_samples)
 
 # ============ NTU RGB+D on disk: names, modalities, pairs (Sec 2.4.1, 2.4.2) ============
 #
@@ -708,11 +708,12 @@ def source_items(args, split):
     if listed is None:
         return [], 0
     samples = read_samples(listed, args.source_root)
-    if args.teacher_modality == "flow":
+    num_classes = max(y for _, y in samples) + 1
+    if args.teacher_modality == "flow":  # the listed videos found on disk, then their flow folders found
         _require_dir(args.source_flow_dir, "--source-flow-dir")
-        samples = [(os.path.join(args.source_flow_dir, os.path.splitext(os.path.basename(p))[0]), y)
-                   for p, y in samples]
-    return samples, max(y for _, y in samples) + 1
+        samples = drop_missing([(os.path.join(args.source_flow_dir, os.path.splitext(os.path.basename(p))[0]), y)
+                                for p, y in samples], f"--source-flow-dir {args.source_flow_dir}")
+    return samples, num_classes
 
 
 def check_first_depth_png(depth_dir):
@@ -1279,7 +1280,7 @@ def fuse(paths, out_dir):
 # lr 0.01: about the thesis's 0.1 x 8 / 128 (its lr is for batch 128); at lr 0.1 a batch of 8 diverged
 # first (mean teacher loss 36 in the first epoch; 6.8 at 0.01).
 SYNTHETIC_PRESET = dict(clip_len=8, short_side=72, crop_size=64, batch_size=8, lr=0.01, teacher_epochs=30,
-                        finetune_epochs=60, per_class=3, seeds="0,1,2,3,4", workers=2, print_freq=10,
+                        finetune_epochs=60, per_class=3, workers=2, print_freq=10,
                         stgcn_width=0.25, skeleton_frames=64)
 # Transfer epochs of the preset per student (a depth epoch costs several skeleton ones).
 SYNTHETIC_TRANSFER_EPOCHS = dict(depth=30, skeleton=50)
@@ -1324,15 +1325,16 @@ def parse_args(argv=None):
                             "written here")
     g = parser.add_argument_group("pipeline (Sec 2.3, 2.4.3)")
     g.add_argument("--stage", default="all", choices=["teacher", "transfer", "finetune", "eval", "all"],
-                   help="all: teacher (unless --teacher-checkpoint), transfer, finetune and eval; --init scratch "
-                        "skips teacher and transfer, --init teacher skips transfer")
+                   help="all: every stage whose output the run needs: teacher (not with --teacher-checkpoint), "
+                        "transfer (not with --student-checkpoint, --init scratch or teacher), finetune and eval")
     g.add_argument("--target", default="depth", choices=["depth", "skeleton"],
-                   help="student modality: depth maps (R3D-18, Tables 2.1-2.4) or 3D skeletons (ST-GCN, Table 2.5)")
+                   help="student modality: depth maps (--arch, Tables 2.1-2.4) or 3D skeletons (ST-GCN, Table 2.5)")
     g.add_argument("--teacher-modality", default="flow", choices=["rgb", "flow"],
                    help="teacher input (Table 2.1: flow transfers best and is the thesis's default)")
     g.add_argument("--teacher-checkpoint", default=None,
-                   help="use this teacher instead of training one: our teacher.pt / checkpoint.pt, or a torchvision "
-                        "r3d_18 state dict (e.g. the Kinetics-400 weights r3d_18-b3b3357e.pth, --teacher-modality rgb)")
+                   help="use this teacher instead of training one: our teacher.pt / checkpoint.pt, Hara et al.'s "
+                        "resnet-18-kinetics.pth, or a torchvision r3d_18 state dict (e.g. the Kinetics-400 weights "
+                        "r3d_18-b3b3357e.pth with --arch r3d_18; both --teacher-modality rgb)")
     g.add_argument("--source", default="ntu120_minus_60", choices=["ntu120_minus_60", "kinetics"],
                    help="teacher training data (Sec 2.4.2): NTU-120 videos of actions 61-120, or Kinetics-400 "
                         "(--source-root + --train-list)")
@@ -1358,9 +1360,9 @@ def parse_args(argv=None):
                    help="labeled target examples per class for finetuning (Tables 2.1-2.5: 20, 50, 100; 0 = all)")
     g.add_argument("--label-fraction", type=float, default=1.0,
                    help="then keep this random fraction of them (Fig. 2.3: --per-class 0 --label-fraction 0.5)")
-    g.add_argument("--seeds", default=None,
-                   help="comma list of seeds: finetune + eval once per seed, mean +- std (the thesis: 5 seeds); "
-                        "default --seed")
+    g.add_argument("--seeds", default="0,1,2,3,4",
+                   help="comma list of seeds, one labeled subset each: finetune + eval once per seed, mean +- std "
+                        "(the thesis: 5 runs)")
     g.add_argument("--fuse", nargs=2, default=None, metavar=("A.json", "B.json"),
                    help="fuse two results files' predictions (two-stream row of Table 2.1) and exit")
     g = parser.add_argument_group("schedule and networks (Sec 2.4.3)")
@@ -1418,7 +1420,7 @@ def parse_args(argv=None):
     if not 0 < args.label_fraction <= 1:
         parser.error("--label-fraction must be in (0, 1]")
     try:
-        args.seeds = [int(s) for s in str(args.seeds).split(",")] if args.seeds is not None else [args.seed]
+        args.seeds = [int(s) for s in str(args.seeds).split(",")]
     except ValueError:
         parser.error(f"--seeds {args.seeds}: expected a comma list of integers")
     return args

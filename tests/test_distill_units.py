@@ -418,3 +418,34 @@ def test_hara_et_als_released_resnet_18_file_loads_as_a_teacher(tmp_path):
     for key, value in reference.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(teacher.state_dict()[key], value), key
+
+
+def test_kinetics_teacher_reads_its_train_and_held_out_csvs_and_drops_missing_flow(tmp_path, capsys):
+    from common.synthetic import write_mp4
+    root, flow = tmp_path / "kinetics", tmp_path / "flow"
+    rng = np.random.default_rng(0)
+    lists = {}
+    for split, count in (("train", 6), ("validate", 2)):
+        rows = []
+        for k in range(count):
+            label, vid = ("abseiling", "air drumming")[k % 2], f"{split[:2]}{k:09d}"
+            rows.append(f"{label},{vid},0,10,{split}")
+            path = root / label / f"{vid}_000000_000010.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_mp4(str(path), rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8))
+            if not (split == "train" and k == 3):  # one flow folder not extracted
+                (flow / path.stem).mkdir(parents=True)
+        lists[split] = tmp_path / f"{split}.csv"
+        lists[split].write_text("label,youtube_id,time_start,time_end,split\n" + "\n".join(rows) + "\n")
+    kinetics = ["--source", "kinetics", "--source-root", str(root), "--train-list", str(lists["train"]),
+                "--data-root", "data/ntu"]
+    args = dm.parse_args(kinetics + ["--val-list", str(lists["validate"]), "--teacher-modality", "rgb"])
+    train, classes = dm.source_items(args, "train")
+    held_out, _ = dm.source_items(args, "val")
+    assert len(train) == 6 and len(held_out) == 2 and classes == 2
+    assert [y for _, y in held_out] == [0, 1] and all(p.endswith(".mp4") for p, _ in held_out)
+    args = dm.parse_args(kinetics + ["--source-flow-dir", str(flow)])  # flow teacher, no --val-list
+    train, _ = dm.source_items(args, "train")
+    assert len(train) == 5 and all(os.path.isdir(p) for p, _ in train)
+    assert "1 of 6 files are not on disk" in capsys.readouterr().err
+    assert dm.source_items(args, "val") == ([], 0)  # not evaluated
