@@ -47,7 +47,8 @@ from common.backbones import AGCN, NTU_EDGES
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
-from common.moco import check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue, momentum_update
+from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
+                         momentum_update)
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
 
@@ -570,17 +571,6 @@ def contrast_pairs(reprs):
 
 def encoder_with_head(name, width, dim=128, frames=64, bigru="authors"):
     return EncoderWithHead(build_encoder(name, width, frames, bigru), dim, representation=name)
-
-
-@torch.no_grad()
-def batch_top1(q, k):
-    """Fraction of queries whose own key scores highest among the keys of the *batch* (B, dim) each.
-
-    The loss contrasts the positive with the queue, keys made by earlier key encoders. A query can
-    therefore pick its positive by its freshness (the key encoder's drift over the queue's age) without
-    telling sequences apart; then the queue top-1 rises while this stays at chance (1 / B), since all
-    keys of a batch are equally fresh. Logged next to every term's queue top-1 to tell the two apart."""
-    return ((q @ k.T).argmax(dim=1) == torch.arange(len(q), device=q.device)).float().mean()
 
 
 class SkeletonContrast(nn.Module):

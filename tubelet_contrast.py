@@ -719,9 +719,10 @@ def benchmark(args, d, loader, model, optimizer):
 # ============ training ============
 
 def train_step(model, optimizer, scheduler, scaler, q, k, args, d):
-    """One MoCo step on a batch of positive pairs; returns (loss, positive-pair top-1)."""
+    """One MoCo step on a batch of positive pairs; returns (loss, positive-pair top-1 among the queue,
+    in-batch top-1: common.moco.batch_top1)."""
     with autocast(d.device, args.amp):
-        logits, labels = model(q, k)
+        logits, labels, in_batch = model(q, k)
         loss = F.cross_entropy(logits, labels)  # InfoNCE, Eq. 5.1
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -732,7 +733,7 @@ def train_step(model, optimizer, scheduler, scaler, q, k, args, d):
     scaler.update()
     if scheduler is not None:
         scheduler.step()
-    return loss.detach(), (logits.argmax(dim=1) == 0).float().mean()
+    return loss.detach(), (logits.argmax(dim=1) == 0).float().mean(), in_batch
 
 
 def main(argv=None):
@@ -799,23 +800,24 @@ def main(argv=None):
         if d.distributed:
             sampler.set_epoch(epoch)
         model.train()
-        t_epoch, sums = time.time(), torch.zeros(2, device=d.device)
+        t_epoch, sums = time.time(), torch.zeros(3, device=d.device)
         for it, (v1, v2) in enumerate(loader):
             v1 = v1.to(d.device, non_blocking=True)
             v2 = v2.to(d.device, non_blocking=True)
             q, k = make_views(v1, v2, args)  # Eq. 5.3-5.7, batched on the device
             if args.save_examples and epoch == start_epoch and it == 0 and d.main:  # the pairs trained on
                 save_examples(q, k, os.path.join(args.out_dir, "examples.png"), denormalize=True)
-            loss, acc = train_step(model, optimizer, scheduler, scaler, q, k, args, d)
-            sums += torch.stack([loss, acc])
+            loss, acc, in_batch = train_step(model, optimizer, scheduler, scaler, q, k, args, d)
+            sums += torch.stack([loss, acc, in_batch])
             if progress.due(it):  # the only host-device synchronisation of a step, every --print-freq
                 check_finite(sums[0].item(), epoch, it)
                 progress.step(epoch, it, loss.item(), scheduler.get_last_lr()[0])
 
-        loss_sum, acc_sum = sums.tolist()
+        loss_sum, acc_sum, batch_sum = sums.tolist()
         check_finite(loss_sum, epoch, len(loader) - 1)
         record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)),
                       pos_top1=d.all_reduce_mean(acc_sum / len(loader)),
+                      batch_top1=d.all_reduce_mean(batch_sum / len(loader)),
                       lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t_epoch, 1),
                       bad_videos=videos.counter.failures)
         save_epoch(d, args.out_dir, record, model, optimizer, scheduler, scaler, epoch, args)

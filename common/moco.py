@@ -52,8 +52,9 @@ class MoCo(nn.Module):
     def forward(self, x_q, x_k):
         """x_q, x_k: the two views of each positive pair, (B, ...) each.
 
-        Returns (logits, labels): logits (B, 1 + queue_size) with the positive first, so the
-        InfoNCE loss of Eq. 5.1 is `F.cross_entropy(logits, labels)` with labels all zero.
+        Returns (logits, labels, in-batch top-1): logits (B, 1 + queue_size) with the positive first, so
+        the InfoNCE loss of Eq. 5.1 is `F.cross_entropy(logits, labels)` with labels all zero; the
+        in-batch top-1 (`batch_top1`) tells a learned contrast from the queue's freshness shortcut.
         """
         splits = self.bn_splits if self.shuffle_bn else 1
         q = F.normalize(encode_queries(self.encoder_q, x_q, splits).float(), dim=1)
@@ -63,10 +64,21 @@ class MoCo(nn.Module):
         logits = contrast_logits(q, k, self.queue, self.temperature)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         self.queue_ptr[0] = enqueue(self.queue, int(self.queue_ptr), k)
-        return logits, labels
+        return logits, labels, batch_top1(q.detach(), k)
 
 
 # ============ the pieces, also for models with one queue per representation ============
+
+@torch.no_grad()
+def batch_top1(q, k):
+    """Fraction of queries whose own key scores highest among the keys of the *batch* (B, dim) each.
+
+    The loss contrasts the positive with the queue, keys made by earlier key encoders. A query can
+    therefore pick its positive by its freshness (the key encoder's drift over the queue's age) without
+    telling its inputs apart; then the queue top-1 rises while this stays at chance (1 / B), since all
+    keys of a batch are equally fresh. Logged next to the queue top-1 to tell the two apart."""
+    return ((q @ k.T).argmax(dim=1) == torch.arange(len(q), device=q.device)).float().mean()
+
 
 @torch.no_grad()
 def momentum_update(encoder_q, encoder_k, momentum):

@@ -13,7 +13,7 @@ def tiny_moco(queue_size=12, dim=4, momentum=0.9):
 
 def test_logits_and_labels():
     moco = tiny_moco()
-    logits, labels = moco(torch.randn(3, 6), torch.randn(3, 6))
+    logits, labels, _ = moco(torch.randn(3, 6), torch.randn(3, 6))
     assert logits.shape == (3, 1 + 12)
     assert labels.shape == (3,) and labels.dtype == torch.long and (labels == 0).all()
     # the positive logit is q.k / tau with both L2-normalised, so it is bounded by 1 / tau
@@ -23,7 +23,7 @@ def test_logits_and_labels():
 def test_positive_is_first_and_uses_key_encoder():
     moco = tiny_moco()
     x = torch.randn(3, 6)
-    logits, _ = moco(x, x)  # identical views: the key encoder is still a copy of the query encoder
+    logits, _, _ = moco(x, x)  # identical views: the key encoder is still a copy of the query encoder
     assert torch.allclose(logits[:, 0], torch.full((3,), 1 / 0.2), atol=1e-4)
 
 
@@ -57,7 +57,7 @@ def test_key_encoder_follows_momentum_rule():
 
 def test_gradient_reaches_query_encoder_only():
     moco = tiny_moco()
-    logits, labels = moco(torch.randn(3, 6), torch.randn(3, 6))
+    logits, labels, _ = moco(torch.randn(3, 6), torch.randn(3, 6))
     nn.functional.cross_entropy(logits, labels).backward()
     assert all(p.grad is not None for p in moco.encoder_q.parameters())
     assert all(p.grad is None for p in moco.encoder_k.parameters())
@@ -95,3 +95,14 @@ def test_one_process_shuffle_bn_encodes_keys_in_groups():
     assert not torch.allclose(whole.abs(), torch.ones_like(whole), atol=1e-2)
     ordered = encode_queries(bn, x, bn_splits=4)  # queries: the same number of groups, in order
     assert torch.allclose(ordered[:2], bn(x[:2]), atol=1e-5)
+
+
+def test_moco_reports_the_in_batch_top1():
+    """common.moco.batch_top1: 1 when every query matches its own key best, 1 / B when all queries are one."""
+    from common.moco import batch_top1
+    k = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    assert float(batch_top1(k, k)) == 1.0
+    assert float(batch_top1(k[:1].expand(8, 16), k)) == 1 / 8
+    moco = tiny_moco()
+    x = torch.randn(3, 6)
+    assert float(moco(x, x)[2]) == 1.0  # identical views, key encoder still a copy: own key first

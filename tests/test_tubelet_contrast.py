@@ -57,7 +57,7 @@ def test_pretrain_resume_and_backbone_loads_into_torchvision(videos, tmp_path):
     assert "resumed from" in proc.stdout
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0, 1]
-    assert all(r["loss"] > 0 and r["lr"] >= 0 for r in log)
+    assert all(r["loss"] > 0 and r["lr"] >= 0 and 0 <= r["batch_top1"] <= 1 and 0 <= r["pos_top1"] <= 1 for r in log)
     # the cosine schedule continued instead of restarting: half-way, then zero
     assert log[0]["lr"] == pytest.approx(0.005) and log[1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
