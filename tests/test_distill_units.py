@@ -210,10 +210,10 @@ def test_optimiser_is_hara_et_al_2018_sgd_with_dampening_and_a_plateau_schedule(
     """SGD momentum 0.9, dampening 0.9; lr x 0.1 once the epoch's loss has not fallen for 10 epochs."""
     from common.engine import Dist
     args = dm.parse_args(["--data-root", "data/ntu", "--out-dir", str(tmp_path), "--print-freq", "100"])
-    assert (args.lr, args.dampening, args.lr_schedule, args.lr_patience) == (0.1, 0.9, "plateau", 10)
+    assert (args.lr, args.teacher_lr, args.dampening, args.lr_schedule, args.lr_patience) == (0.1, 0.1, 0.9, "plateau", 10)
     model = torch.nn.Linear(3, 2)
     loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2)
-    run = dm.StageRun(args, Dist("cpu"), str(tmp_path), model, model.parameters(), loader, 14, 1e-3, "transfer")
+    run = dm.StageRun(args, Dist("cpu"), str(tmp_path), model, model.parameters(), loader, 14, 0.1, 1e-3, "transfer")
     group = run.optimizer.param_groups[0]
     assert (group["momentum"], group["dampening"], group["weight_decay"]) == (0.9, 0.9, 1e-3)
     lrs = []
@@ -227,7 +227,7 @@ def test_optimiser_is_hara_et_al_2018_sgd_with_dampening_and_a_plateau_schedule(
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["loss"] for r in log[:3]] == [5.0, 4.0, 4.0] and len(log) == 14
     steps = dm.parse_args(["--data-root", "data/ntu", "--out-dir", str(tmp_path / "s"), "--lr-schedule", "steps"])
-    run = dm.StageRun(steps, Dist("cpu"), str(tmp_path / "s"), model, model.parameters(), loader, 8, 0, "transfer")
+    run = dm.StageRun(steps, Dist("cpu"), str(tmp_path / "s"), model, model.parameters(), loader, 8, 0.1, 0, "transfer")
     assert run.scheduler.milestones == {2: 1, 4: 1, 6: 1}  # --lr-steps 0.25 0.5 0.75 of 8 epochs
 
 
