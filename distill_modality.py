@@ -84,30 +84,19 @@ def _require_dir(path, flag):
         raise FileNotFoundError(f"{flag}: folder not found: {path}")
 
 
-def index_rgb_videos(rgb_dir, flag="--rgb-dir"):
-    """{NTU name: path} of the '<name>_rgb.avi' (or any video) files of a folder."""
-    _require_dir(rgb_dir, flag)
-    videos = {}
-    for entry in os.scandir(rgb_dir):
-        if entry.is_file() and entry.name.lower().endswith((".avi", ".mp4", ".mkv")):
+def index_ntu(folder, flag, videos):
+    """{NTU name: path} of a folder's videos ('<name>_rgb.avi', any .avi/.mp4/.mkv; videos=True) or of its
+    per-video frame folders (depth, flow); entries without an NTU name (e.g. a README) are skipped."""
+    _require_dir(folder, flag)
+    found = {}
+    for entry in os.scandir(folder):
+        is_video = entry.is_file() and entry.name.lower().endswith((".avi", ".mp4", ".mkv"))
+        if is_video if videos else entry.is_dir():
             try:
-                videos[ntu_key(entry.name)] = entry.path
-            except ValueError:
-                continue  # not an NTU sample (e.g. a README)
-    return videos
-
-
-def index_frame_folders(frame_dir, flag):
-    """{NTU name: folder} of the per-video frame folders of a depth or flow folder."""
-    _require_dir(frame_dir, flag)
-    folders = {}
-    for entry in os.scandir(frame_dir):
-        if entry.is_dir():
-            try:
-                folders[ntu_key(entry.name)] = entry.path
+                found[ntu_key(entry.name)] = entry.path
             except ValueError:
                 continue
-    return folders
+    return found
 
 
 @functools.lru_cache(maxsize=None)
@@ -680,10 +669,10 @@ def teacher_modality_items(args, source_dirs=False):
     """{NTU name: path} of the teacher modality: RGB videos or flow folders."""
     if args.teacher_modality == "rgb":
         folder = (args.source_rgb_dir or args.rgb_dir) if source_dirs else args.rgb_dir
-        return index_rgb_videos(folder, "--source-rgb-dir" if source_dirs and args.source_rgb_dir else "--rgb-dir")
+        return index_ntu(folder, "--source-rgb-dir" if source_dirs and args.source_rgb_dir else "--rgb-dir", True)
     folder = (args.source_flow_dir or args.flow_dir) if source_dirs else args.flow_dir
     flag = "--source-flow-dir" if source_dirs and args.source_flow_dir else "--flow-dir"
-    return non_empty(index_frame_folders(folder, flag), lambda f: flow_files(f)[0], "flow")
+    return non_empty(index_ntu(folder, flag, videos=False), lambda f: flow_files(f)[0], "flow")
 
 
 def source_items(args, split):
@@ -731,7 +720,7 @@ def check_first_depth_png(depth_dir):
 
 def depth_items(args, split):
     """[(depth folder, label)] of NTU-60 (actions 1-60, label = action - 1) in `split` of --protocol."""
-    folders = non_empty(index_frame_folders(args.depth_dir, "--depth-dir"), depth_files, "depth")
+    folders = non_empty(index_ntu(args.depth_dir, "--depth-dir", videos=False), depth_files, "depth")
     names = sorted(k for k in folders if ntu_action(k) <= NTU60_ACTIONS and ntu_split(k, args.protocol) == split)
     if not names:
         raise SystemExit(f"no depth folders of the {split} split ({args.protocol}) under {args.depth_dir}")
@@ -750,10 +739,6 @@ def skeleton_split(args, split):
             raise SystemExit(f"--skeleton-frames {args.skeleton_frames}: the {split} split of {args.skeleton_dir} "
                              f"has sequences of up to {longest} frames; give at least that")
     return dataset
-
-
-def num_target_classes(labels):
-    return int(max(labels)) + 1
 
 
 # ============ stages ============
@@ -1122,7 +1107,7 @@ def run_finetune(args, d, seed):
     out = stage_dir(args, "finetune", seed)
     dataset, labels, _ = labeled_data(args, "train")
     rows = per_class_subset(labels, args.per_class, seed, args.label_fraction)
-    num_classes = num_target_classes(labels)
+    num_classes = int(max(labels)) + 1
     subset = torch.utils.data.Subset(dataset, rows.tolist())
     d.print(f"finetune seed {seed}: {len(rows)} labeled {args.target} examples "
             f"({args.per_class or 'all'} per class, {num_classes} classes), init {args.init}, "

@@ -29,10 +29,10 @@ def test_pairs_are_matched_by_ntu_name_and_unmatched_depth_is_reported(tmp_path,
         write_png16(str(depth / name / "MDepth-00000001.png"), np.full((4, 5), 1000, np.uint16))
     (depth / "S004C002P001R002A004").mkdir()  # an empty depth folder
 
-    videos = dm.index_rgb_videos(str(rgb))
+    videos = dm.index_ntu(str(rgb), "--rgb-dir", videos=True)
     assert set(videos) == set(both) | {"S001C002P001R001A007"}
     assert videos["S001C002P001R001A001"].endswith("S001C002P001R001A001_rgb.avi")
-    folders = dm.non_empty(dm.index_frame_folders(str(depth), "--depth-dir"), dm.depth_files, "depth")
+    folders = dm.non_empty(dm.index_ntu(str(depth), "--depth-dir", videos=False), dm.depth_files, "depth")
     assert "S004C002P001R002A004" not in folders
     assert "empty depth folder" in capsys.readouterr().err
 
@@ -45,7 +45,7 @@ def test_pairs_are_matched_by_ntu_name_and_unmatched_depth_is_reported(tmp_path,
 
 def test_missing_folder_names_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match="--depth-dir"):
-        dm.index_frame_folders(str(tmp_path / "nope"), "--depth-dir")
+        dm.index_ntu(str(tmp_path / "nope"), "--depth-dir", videos=False)
 
 
 def test_depth_png_reads_back_all_16_bits(tmp_path):
