@@ -408,9 +408,8 @@ def resnet_blocks(net, x):
 RESNET_WIDTHS = (64, 128, 256, 512)
 # --arch: Hara et al.'s 3D-ResNet-18, the thesis's (Sec 2.4.3, [83]), or torchvision's r3d_18 (3x7x7 stem
 # without max-pool, 4.9x the multiply-accumulates at 16 x 112 x 112; for torchvision's Kinetics-400
-# weights). The two are told apart by the last module of their stem.
+# weights). Hara's stem ends in its max-pool.
 ARCHS = ("hara_r3d_18", "r3d_18")
-ARCH_OF = {nn.MaxPool3d: "hara_r3d_18", nn.ReLU: "r3d_18"}
 
 
 def matched_layers(match_layers):
@@ -468,7 +467,7 @@ def _encoder_state(raw, path):
     ResNet-18 files (resnet-18-kinetics.pth, --arch hara_r3d_18), or a plain torchvision state dict such
     as the Kinetics-400 r3d_18 weights (--arch r3d_18); fc.* entries are dropped."""
     if is_hara_state_dict(raw):
-        return {k: v for k, v in convert_hara_state_dict(raw).items() if not k.startswith("fc.")}
+        return convert_hara_state_dict(raw)  # its fc.* is ignored by load_encoder_weights
     if isinstance(raw, dict) and isinstance(raw.get("encoder"), dict):
         return raw["encoder"]
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
@@ -497,8 +496,11 @@ def load_encoder(encoder, state, path, flag, channels, what):
     try:
         load_encoder_weights(encoder, state, source=f"{flag} {path} ({what})")
     except RuntimeError as err:
-        other = [a for a in ARCHS if a != ARCH_OF.get(type(encoder.stem[-1]))]
-        raise SystemExit(f"{err}\n  (is it a {other[0]} file? then pass --arch {other[0]})") from None
+        hint = ""
+        if hasattr(encoder, "stem"):  # a 3D-ResNet: the file may be one of the other --arch
+            other = "r3d_18" if isinstance(encoder.stem[-1], nn.MaxPool3d) else "hara_r3d_18"
+            hint = f"\n  (is it a {other} file? then pass --arch {other})"
+        raise SystemExit(f"{err}{hint}") from None
 
 
 def build_teacher(args, path):

@@ -265,6 +265,16 @@ def test_torchvision_state_dict_with_wrong_channels_names_flag_and_file(tmp_path
     assert "weights do not match" in str(err.value) and path in str(err.value)
 
 
+def test_a_skeleton_student_file_of_another_width_names_the_file_without_an_arch_hint(tmp_path):
+    from common.backbones import STGCN
+    path = str(tmp_path / "student.pt")
+    torch.save(dict(encoder=STGCN(width=0.125).state_dict()), path)
+    args = _args(tmp_path, target="skeleton", init="transfer", student_checkpoint=path, stgcn_width=0.25)
+    with pytest.raises(SystemExit) as err:
+        dm.initial_student(args, 3)
+    assert "weights do not match" in str(err.value) and path in str(err.value) and "--arch" not in str(err.value)
+
+
 def test_student_projection_only_when_widths_differ():
     encoder, widths = video_encoder("r3d_18", in_channels=1)[0], dm.RESNET_WIDTHS
     student = dm.Student("depth", encoder, [0, 1, 2, 3], dm.RESNET_WIDTHS, widths)
