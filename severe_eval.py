@@ -35,6 +35,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
@@ -378,8 +379,10 @@ class Setup:
     linear: Optional[Schedule]     # Table B.2; None where the thesis gives no linear protocol
     subset_size: Optional[int] = None       # low-shot training subset (Sec 4.4): total videos asked for
     label_range: Optional[Tuple[int, int]] = None  # Gym99 within-set subset: [first, last + 1)
-    clip_stride: int = 1                    # frames between sampled frames (Charades: 8, App. C.4)
+    clip_stride: int = 1                    # native frames between sampled frames where video_fps is 0
     clip_len: int = 32                      # frames per clip (App. C.4; arrow of time: 8, Table 4.3)
+    video_fps: float = 16.0                 # SEVERE's configs: 32 frames resampled to 16 fps = 2 s; 0 = native
+    dropout: float = 0.0                    # before the head; SEVERE's heads are bare linear but Charades's
 
 
 _UCF_FILES = ("ucf101/classInd.txt", "ucf101/trainlist01.txt"), ("ucf101/classInd.txt", "ucf101/testlist01.txt")
@@ -416,10 +419,11 @@ SETUPS = {s.name: s for s in (
           label_range=(74, 89)),
     Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
-          _FT_CHARADES, None, clip_stride=8),
+          _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5),  # SlowFast's 32 x 8, DROPOUT_RATE
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
-    Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8),
+    Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8,
+          video_fps=0.0),
 )}
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
 
@@ -677,21 +681,43 @@ def load_pretrained(path, fmt, encoder):
 
 # ============ clips for finetuning and testing (App. C.4) ============
 
+def random_resized_box(h, w, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """(y, x, box height, box width) of a RandomResizedCrop, as SEVERE's video transforms draw it: a box
+    of U(area) of the frame with a log-uniform aspect ratio, 10 tries, else the whole frame's centre at
+    the nearest allowed ratio."""
+    for _ in range(10):
+        target = random.uniform(*area) * h * w
+        aspect = math.exp(random.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        bw, bh = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if bw <= w and bh <= h:
+            return random.randint(0, h - bh), random.randint(0, w - bw), bh, bw
+    bh, bw = h, w
+    if w / h < ratio[0]:
+        bh = int(round(w / ratio[0]))
+    elif w / h > ratio[1]:
+        bw = int(round(h * ratio[1]))
+    return (h - bh) // 2, (w - bw) // 2, bh, bw
+
+
 class Clips(torch.utils.data.Dataset):
     """Finetuning / test clips of a setup, cropped on the CPU worker, as uint8 (T, 3, S, S).
 
-    train: one clip per video, random multi-scale crop (side = short side x U(0.6, 1)) resized to
-           `crop_size`, horizontal flip p = 0.5 (App. C.4; colour jitter follows on the device).
-    test:  `num_clips` uniformly spaced clips, centre crop: (num_clips, T, 3, S, S).
+    train: one clip per video, a random crop resized to `crop_size` (train_crop "resized": SEVERE's
+           RandomResizedCrop; "multiscale": a square of U(0.6, 1) of the short side), horizontal flip
+           p = 0.5 (App. C.4; colour jitter follows on the device).
+    test:  `num_clips` uniformly spaced clips, the centre square of `test_fraction` of the short side
+           (SEVERE: Resize(128) + CenterCrop(112), 0.875): (num_clips, T, 3, S, S).
     aot:   arrow of time (Table 4.3): every video is listed twice, target 0 (forward) and 1
            (the clip reversed here).
     targets: per video an int label, or for multi-label a (C,) float multi-hot tensor;
     clip_targets(index, frame indices) -> target, when the label depends on the clip (Charades).
     """
 
-    def __init__(self, videos, targets, crop_size, train, aot=False, clip_targets=None):
+    def __init__(self, videos, targets, crop_size, train, aot=False, clip_targets=None, train_crop="resized",
+                 test_fraction=0.875):
         self.videos, self.targets, self.crop_size = videos, targets, crop_size
         self.train, self.aot, self.clip_targets = train, aot, clip_targets
+        self.train_crop, self.test_fraction = train_crop, test_fraction
 
     def __len__(self):
         return len(self.videos)
@@ -701,15 +727,17 @@ class Clips(torch.utils.data.Dataset):
         clip = item["clip"]  # (T, H, W, 3) or (num_clips, T, H, W, 3)
         clips = clip if clip.dim() == 5 else clip[None]
         n, t, h, w, _ = clips.shape
-        if self.train:
-            side = int(min(h, w) * random.uniform(0.6, 1.0))
-            y, x = random.randint(0, h - side), random.randint(0, w - side)
+        if self.train and self.train_crop == "resized":
+            y, x, bh, bw = random_resized_box(h, w)
+        elif self.train:
+            bh = bw = int(min(h, w) * random.uniform(0.6, 1.0))
+            y, x = random.randint(0, h - bh), random.randint(0, w - bw)
         else:
-            side = min(h, w)
-            y, x = (h - side) // 2, (w - side) // 2
-        clips = clips[:, :, y:y + side, x:x + side].permute(0, 1, 4, 2, 3).reshape(n * t, 3, side, side)
+            bh = bw = max(1, int(round(min(h, w) * self.test_fraction)))
+            y, x = (h - bh) // 2, (w - bw) // 2
+        clips = clips[:, :, y:y + bh, x:x + bw].permute(0, 1, 4, 2, 3).reshape(n * t, 3, bh, bw)
         clips = F.interpolate(clips.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
-                              align_corners=False, antialias=side > self.crop_size)
+                              align_corners=False, antialias=max(bh, bw) > self.crop_size)
         clips = clips.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, self.crop_size, self.crop_size)
         if self.train and random.random() < 0.5:
             clips = clips.flip(-1)
@@ -748,9 +776,10 @@ INPUT_NORMALIZATION = {
 }
 
 
-def to_input(clips, device, train, norm=INPUT_NORMALIZATION["ours"]):
+def to_input(clips, device, train, norm=INPUT_NORMALIZATION["ours"], hue=0.0):
     """uint8 (..., T, 3, S, S) -> normalised float (N, 3, T, S, S) on the device; training clips
-    also get colour jitter (brightness, contrast, saturation; App. C.4), batched."""
+    also get colour jitter (brightness, contrast, saturation U(0.6, 1.4), then hue U(-hue, hue) as
+    torchvision's adjust_hue: SEVERE's ColorJitter(0.4, 0.4, 0.4, 0.2), in a fixed order), one draw per clip."""
     x = clips.to(device, non_blocking=True).flatten(0, -5).float().div_(255).permute(0, 2, 1, 3, 4)
     if train:
         n = x.shape[0]
@@ -760,6 +789,9 @@ def to_input(clips, device, train, norm=INPUT_NORMALIZATION["ours"]):
         x = (x - mean) * rand(0.6, 1.4) + mean  # contrast
         grey = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1, 1)).sum(1, keepdim=True)
         x = ((x - grey) * rand(0.6, 1.4) + grey).clamp_(0, 1)  # saturation
+        if hue > 0:  # one hue shift per clip, on its (T, 3, S, S) frames
+            shifts = torch.empty(n).uniform_(-hue, hue).tolist()
+            x = torch.stack([TF.adjust_hue(c.transpose(0, 1), h).transpose(0, 1) for c, h in zip(x, shifts)])
     mean, std, bgr = norm
     if bgr:
         x = x.flip(1)
@@ -776,7 +808,7 @@ class Classifier(nn.Module):
     linear=True is the linear probe of Table B.2: the backbone is frozen and stays in eval mode,
     so its BatchNorm statistics do not move either."""
 
-    def __init__(self, backbone, feature_dim, num_outputs, linear=False, dropout=0.5):
+    def __init__(self, backbone, feature_dim, num_outputs, linear=False, dropout=0.0):
         super().__init__()
         self.backbone, self.linear = backbone, linear
         self.dropout = nn.Dropout(0.0 if linear else dropout)
@@ -1620,8 +1652,8 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
 
 def setup_presets():
     """One preset per setup and protocol: the setup's schedule (Table C.4 finetuning, Table B.2 linear
-    probe; UCF101's probe where the thesis gives none) and clip length replace the defaults of the
-    flags not given."""
+    probe; UCF101's probe where the thesis gives none), clip length, frame rate and head dropout
+    replace the defaults of the flags not given."""
     presets = []
     for name, s in SETUPS.items():
         for protocol in ("finetune", "linear"):
@@ -1630,7 +1662,7 @@ def setup_presets():
                             lambda a, name=name, protocol=protocol: a.setup == name and a.protocol == protocol,
                             dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size,
                                  weight_decay=sched.weight_decay, milestones=list(sched.milestones),
-                                 clip_len=s.clip_len)))
+                                 clip_len=s.clip_len, video_fps=s.video_fps, dropout=s.dropout)))
     return presets
 
 
@@ -1678,6 +1710,20 @@ def parse_args(argv=None):
                    help="lr x0.1 at these epochs (Table C.4)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="Adam / SGD weight decay (Table C.4)")
     g.add_argument("--short-side", type=int, default=128, help="frames are resized to this short side when decoded")
+    g.add_argument("--video-fps", type=float, default=16.0,
+                   help="resample every video to this frame rate, so a clip spans clip-len / fps seconds (SEVERE's "
+                        "configs: 32 frames at 16 fps = 2 s); 0 = consecutive native frames (the thesis's '32 "
+                        "frames'; UCF101 at 25 fps: 1.28 s, SSv2 at 12 fps: 2.67 s)")
+    g.add_argument("--train-crop", choices=["resized", "multiscale"], default="resized",
+                   help="resized: SEVERE's RandomResizedCrop (area 8-100%%, aspect 3/4-4/3, resized to the crop "
+                        "size); multiscale: a square of 60-100%% of the short side (the text's 'multi-scale crop')")
+    g.add_argument("--hue", type=float, default=0.2,
+                   help="training hue jitter, factor U(-hue, hue) (SEVERE's ColorJitter(0.4, 0.4, 0.4, 0.2)); 0 = off")
+    g.add_argument("--test-crop-fraction", type=float, default=0.875,
+                   help="test view: the centre square of this fraction of the short side, resized to the crop "
+                        "(SEVERE's Resize(128) + CenterCrop(112) = 0.875; 1 = the whole centre square)")
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout before the linear head (SEVERE: none, Charades 0.5 as SlowFast's config)")
     g.add_argument("--select-on-test", action="store_true",
                    help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")
     parser.set_defaults(clip_len=32, crop_size=112, batch_size=32, epochs=160, lr=1e-4, out_dir="runs/severe")
@@ -1744,8 +1790,9 @@ def make_loader(samples, args, d, train, batch_size, clips_per_video=1, aot=Fals
     evaluation never stops: an unreadable test video is reported and left out of the metric."""
     videos = VideoClipDataset([(p, k) for k, (p, _) in enumerate(samples)], clip_len=args.clip_len,
                               strides=(stride,), short_side=args.short_side, train=train, num_clips=clips_per_video,
-                              max_fail_fraction=args.max_bad_fraction if train else 1.0)
-    dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets)
+                              max_fail_fraction=args.max_bad_fraction if train else 1.0, fps=args.video_fps or None)
+    dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets, args.train_crop,
+                    args.test_crop_fraction)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
         if d.distributed else (torch.utils.data.RandomSampler(dataset) if train else None)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
@@ -1814,7 +1861,8 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
                           silhouette=silhouette_score(test_f, assign))
         return finish(args, d, setup_name, out_dir, result, info, epochs=0, t_start=t_start)
 
-    model = Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear").to(d.device)
+    model = Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear",
+                       dropout=args.dropout).to(d.device)
     if d.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -1841,7 +1889,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
         model.train()
         loss_sum = 0.0
         for it, (clips, targets, _) in enumerate(train_loader):
-            x, targets = to_input(clips, d.device, train=True, norm=args.input_norm), targets.to(d.device)
+            x, targets = to_input(clips, d.device, train=True, norm=args.input_norm, hue=args.hue), targets.to(d.device)
             with autocast(d.device, args.amp):
                 logits = model(x)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), targets) if multilabel \

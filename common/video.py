@@ -141,9 +141,16 @@ def frame_rate(path):
 
 # ============ clip sampling ============
 
-def clip_indices(num_frames, clip_len, stride, start=None, rng=None, jitter=False):
-    """(clip_len,) int64 frame indices start, start + stride, ...
+def clip_span(clip_len, stride):
+    """Frames from the first to the last index of a clip, both included (stride may be fractional)."""
+    return int((clip_len - 1) * stride) + 1
 
+
+def clip_indices(num_frames, clip_len, stride, start=None, rng=None, jitter=False):
+    """(clip_len,) int64 frame indices start + floor(k * stride), k = 0 .. clip_len - 1.
+
+    A fractional stride resamples the video: stride = native fps / wanted fps (e.g. 25 / 16 for
+    SEVERE's 16 fps), < 1 repeats frames as SEVERE's decoder does for slower videos.
     start=None: random start, uniform over the positions where the clip fits (training);
     `rng` is a numpy Generator (a fresh unseeded one if None). jitter=True: temporal jitter, each index
     moves on by its own random 0..stride-1 frames. Indices past the end wrap around (loop padding), so
@@ -152,10 +159,12 @@ def clip_indices(num_frames, clip_len, stride, start=None, rng=None, jitter=Fals
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     rng = np.random.default_rng() if rng is None and (start is None or jitter) else rng
+    if jitter and stride != int(stride):
+        raise ValueError(f"temporal jitter needs a whole-frame stride, got {stride}")
     if start is None:
-        span = clip_len * stride if jitter else (clip_len - 1) * stride + 1
+        span = clip_len * int(stride) if jitter else clip_span(clip_len, stride)
         start = int(rng.integers(0, max(num_frames - span, 0) + 1))
-    indices = start + stride * np.arange(clip_len, dtype=np.int64)
+    indices = start + np.floor(stride * np.arange(clip_len)).astype(np.int64)
     if jitter:
         indices = indices + rng.integers(0, stride, clip_len)
     return indices % num_frames
@@ -166,7 +175,7 @@ def uniform_starts(num_frames, clip_len, stride, num_clips):
 
     One clip: the centre clip. Starts repeat when the video is shorter than the clips.
     """
-    last = max(num_frames - ((clip_len - 1) * stride + 1), 0)
+    last = max(num_frames - clip_span(clip_len, stride), 0)
     if num_clips == 1:
         return [last // 2]
     return [int(round(s)) for s in np.linspace(0, last, num_clips)]
@@ -375,19 +384,21 @@ class VideoClipDataset(torch.utils.data.Dataset):
                label=int, index=int index of the video actually read,
                frames=(num_clips * T,) int64 frame indices that were read, for per-frame labels).
     train=True: random stride from `strides` and random starts; train=False: `num_clips`
-    uniformly spaced starts with strides[0]. An unreadable video is reported to `counter` and
+    uniformly spaced starts with strides[0]. fps: instead of `strides`, every video is resampled to
+    this frame rate (stride = its native fps / fps, see `clip_indices`), so that a clip spans
+    clip_len / fps seconds whatever the video's rate. An unreadable video is reported to `counter` and
     replaced by a random other one; the run stops once more than max_fail_fraction failed.
     """
 
     def __init__(self, samples, clip_len=16, strides=(1,), short_side=128, train=True,
-                 num_clips=1, max_fail_fraction=0.05, counter=None, max_retries=10):
+                 num_clips=1, max_fail_fraction=0.05, counter=None, max_retries=10, fps=None):
         self.samples = list(samples)
         if not self.samples:
             raise ValueError("VideoClipDataset: no samples")
         self.clip_len, self.strides, self.short_side = clip_len, tuple(strides), short_side
-        self.train, self.num_clips, self.max_retries = train, num_clips, max_retries
+        self.train, self.num_clips, self.max_retries, self.fps = train, num_clips, max_retries, fps
         self.counter = counter if counter is not None else BadVideoCounter(max_fail_fraction)
-        self._num_frames = {}  # lazily filled, one cache per worker process
+        self._num_frames, self._frame_rates = {}, {}  # lazily filled, one cache per worker process
         self._rng, self._rng_seed = None, None
 
     def __len__(self):
@@ -411,11 +422,19 @@ class VideoClipDataset(torch.utils.data.Dataset):
             self._num_frames[i] = count_frames(self.samples[i][0])
         return self._num_frames[i]
 
+    def frame_stride(self, i, stride):
+        """The stride of video i: `stride`, or with `fps` its native frame rate / fps."""
+        if self.fps is None:
+            return stride
+        if i not in self._frame_rates:
+            self._frame_rates[i] = frame_rate(self.samples[i][0])
+        return self._frame_rates[i] / self.fps
+
     def _read(self, i, sample_indices, rng):
-        """(frames, label, i, frame indices) of video i at sample_indices(num_frames), or of a random
+        """(frames, label, i, frame indices) of video i at sample_indices(num_frames, i), or of a random
         replacement video."""
         def read(j):
-            indices = sample_indices(self.num_frames(j))
+            indices = sample_indices(self.num_frames(j), j)
             return read_clip(self.samples[j][0], indices, self.short_side), indices
 
         (frames, indices), i = read_or_replace(read, i, len(self), lambda j: self.samples[j][0], self.counter,
@@ -433,18 +452,20 @@ class VideoClipDataset(torch.utils.data.Dataset):
         rng = self.rng() if rng is None else rng
         if stride is None:
             stride = int(rng.choice(self.strides)) if self.train else self.strides[0]
-        return self._read(i, lambda n: clip_indices(n, self.clip_len, stride, start, rng, jitter), rng)[:3]
+        return self._read(i, lambda n, j: clip_indices(n, self.clip_len, self.frame_stride(j, stride), start, rng,
+                                                       jitter), rng)[:3]
 
     def __getitem__(self, i):
         rng = self.rng()
         stride = int(rng.choice(self.strides)) if self.train else self.strides[0]
 
-        def sample_indices(n):  # all clips in one read: one seek, decoded once
+        def sample_indices(n, j):  # all clips in one read: one seek, decoded once
+            step = self.frame_stride(j, stride)
             if self.train:
                 starts = [None] * self.num_clips
             else:
-                starts = uniform_starts(n, self.clip_len, stride, self.num_clips)
-            return np.concatenate([clip_indices(n, self.clip_len, stride, s, rng) for s in starts])
+                starts = uniform_starts(n, self.clip_len, step, self.num_clips)
+            return np.concatenate([clip_indices(n, self.clip_len, step, s, rng) for s in starts])
 
         frames, label, index, indices = self._read(i, sample_indices, rng)
         clip = frames.reshape(self.num_clips, self.clip_len, *frames.shape[1:])

@@ -7,7 +7,10 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.video import r2plus1d_18
+
+import severe_eval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANNOTATIONS = os.path.join(REPO, "..", "shared", "data", "annotations")
@@ -165,3 +168,95 @@ def test_charades_on_its_own_file_layout(tmp_path):
     assert r["metric_name"] == "map" and 0 <= r["value"] <= 100 and r["test_videos"] == 2
     # classes 0, 1 (one positive each) and 156 (both) have positives in the test set; the rest do not
     assert sum(ap is not None for ap in r["per_class"]) == 3
+
+
+# ---- the protocol SEVERE's configs ran (issue 12 section 1) ----
+
+def _video_at(path, fps, num_frames=80):
+    """A 32 x 32 mp4 of num_frames frames at `fps` whose frame k shows the grey level 3k."""
+    from common.synthetic import write_mp4
+    import numpy as np
+    frames = np.stack([np.full((32, 32, 3), 3 * k, np.uint8) for k in range(num_frames)])
+    write_mp4(str(path), frames, fps=fps)
+    return str(path)
+
+
+@pytest.mark.parametrize("fps, last_index", [(25, 48), (12, 23)])
+def test_clips_span_two_seconds_at_16_fps_whatever_the_video_rate(tmp_path, fps, last_index):
+    """SEVERE's configs decode `clip_duration: 2.0` at `video_fps: 16`: 32 frames whose times are k / 16 s,
+    i.e. native frame floor(k * fps / 16): every 1.5625th frame of a 25 fps video, frames repeated in a
+    12 fps one. The default of every recognition setup; --video-fps 0 gives 32 consecutive frames."""
+    from common.video import VideoClipDataset
+    path = _video_at(tmp_path / f"v{fps}.mp4", fps)
+    args = severe_eval.parse_args(["--setup", "ucf101", "--data-root", str(tmp_path)])
+    assert (args.clip_len, args.video_fps) == (32, 16.0)
+    videos = VideoClipDataset([(path, 0)], clip_len=args.clip_len, short_side=32, train=False,
+                              fps=args.video_fps)
+    item = videos[0]
+    frames = item["frames"]
+    assert frames[-1] - frames[0] == last_index  # floor(31 * fps / 16)
+    assert (frames[1:] - frames[:-1]).tolist() == \
+        [int((k + 1) * fps / 16) - int(k * fps / 16) for k in range(31)]
+    native = VideoClipDataset([(path, 0)], clip_len=32, short_side=32, train=False, fps=None)[0]["frames"]
+    assert native[-1] - native[0] == 31
+
+
+def test_setups_that_keep_native_frames_and_charades_dropout():
+    charades = severe_eval.parse_args(["--setup", "charades", "--data-root", "x"])
+    aot = severe_eval.parse_args(["--setup", "ucf_aot", "--data-root", "x"])
+    ucf = severe_eval.parse_args(["--setup", "ucf101", "--data-root", "x"])
+    assert charades.video_fps == 0 and severe_eval.SETUPS["charades"].clip_stride == 8  # SlowFast's 32 x 8
+    assert aot.video_fps == 0 and aot.clip_len == 8
+    assert (ucf.dropout, charades.dropout) == (0.0, 0.5)  # SEVERE's bare linear head; Charades's DROPOUT_RATE
+    assert severe_eval.parse_args(["--setup", "charades", "--data-root", "x", "--dropout", "0.1"]).dropout == 0.1
+    head = severe_eval.Classifier(nn.Identity(), 8, 3, dropout=ucf.dropout)
+    head.train()
+    x = torch.ones(4, 8)
+    assert torch.equal(head(x), head(x))  # no dropout in training mode either
+
+
+class _FramedVideo:
+    """One (T, H, W, 3) clip: 0 inside the centre 56 x 56 square of a 64 x 96 frame, 255 outside."""
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        clip = torch.full((2, 64, 96, 3), 255, dtype=torch.uint8)
+        clip[:, 4:60, 20:76] = 0
+        return dict(clip=clip, label=0, index=0, frames=torch.arange(2))
+
+
+def test_test_view_is_resize_128_centre_crop_112():
+    """SEVERE tests on Resize(128) + CenterCrop(112): the centre square of 112 / 128 = 0.875 of the short side."""
+    view = severe_eval.Clips(_FramedVideo(), [0], crop_size=56, train=False)[0][0]
+    assert view.shape == (1, 2, 3, 56, 56) and int(view.max()) == 0
+    whole = severe_eval.Clips(_FramedVideo(), [0], crop_size=56, train=False, test_fraction=1.0)[0][0]
+    assert int(whole.max()) == 255  # the old view: the whole centre square, its border included
+    assert severe_eval.parse_args(["--data-root", "x"]).test_crop_fraction == 0.875
+
+
+def test_training_crop_is_severes_random_resized_crop():
+    import random
+    random.seed(0)
+    boxes = [severe_eval.random_resized_box(128, 170) for _ in range(3000)]
+    areas = [bh * bw / (128 * 170) for _, _, bh, bw in boxes]
+    aspects = [bw / bh for _, _, bh, bw in boxes]
+    assert all(0 <= y <= 128 - bh and 0 <= x <= 170 - bw for y, x, bh, bw in boxes)
+    assert min(areas) < 0.1 and max(areas) > 0.9 and all(0.07 < a <= 1.0 for a in areas)
+    assert min(aspects) < 0.8 and max(aspects) > 1.25 and all(0.7 < a < 1.4 for a in aspects)
+    train = severe_eval.Clips(_FramedVideo(), [0], crop_size=16, train=True)
+    assert train[0][0].shape == (2, 3, 16, 16)
+
+
+def test_training_colour_jitter_includes_hue():
+    """ColorJitter(0.4, 0.4, 0.4, 0.2): brightness, contrast and saturation keep G = B on a pure red clip;
+    only the hue shift moves them apart."""
+    red = torch.zeros(16, 2, 3, 8, 8, dtype=torch.uint8)
+    red[:, :, 0] = 200
+    norm = ((0.0,) * 3, (1.0,) * 3, False)
+    torch.manual_seed(0)
+    no_hue = severe_eval.to_input(red, "cpu", train=True, norm=norm, hue=0.0)
+    with_hue = severe_eval.to_input(red, "cpu", train=True, norm=norm, hue=0.2)
+    assert torch.allclose(no_hue[:, 1], no_hue[:, 2])
+    assert (with_hue[:, 1] - with_hue[:, 2]).abs().amax() > 0.05
+    assert severe_eval.parse_args(["--data-root", "x"]).hue == 0.2
