@@ -358,7 +358,7 @@ class Schedule:
     epochs: int
     milestones: Tuple[int, ...]
     batch_size: int
-    gamma: float = 0.1             # App. B.2 (the authors' yaml files use 0.3 with epochs x 10 clips/video)
+    gamma: float = 0.3             # SEVERE's configs (App. B.2's text: 0.1)
     optimizer: str = "adam"
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0     # linear warm-up from warmup_lr (Charades, SlowFast recipe)
@@ -393,25 +393,27 @@ _GYM_FILES = ("finegym/gym99_train.txt",), ("finegym/gym99_val.txt",)
 _UCFREP_FILES = ("ucfrep/ucf526_annotations.zip",), ("ucfrep/ucf526_annotations.zip",)
 _CHARADES_FILES = ("charades/Charades_v1_train.csv",), ("charades/Charades_v1_test.csv",)
 
-_FT_STANDARD = Schedule(1e-4, 160, (60, 100, 140), 32)        # UCF101, HMDB51, Gym99
-_FT_SSV2 = Schedule(1e-4, 45, (25, 35, 40), 32)
-_FT_LOW_SHOT = Schedule(1e-4, 160, (80, 120, 140), 32)
-_FT_GYM_SETS = Schedule(1e-4, 160, (70, 120, 140), 32)
+# SEVERE's configs (action_recognition/configs/benchmark) count an epoch as `clips_per_video` random clips
+# per video (10; SSv2 2); here an epoch is one clip per video, so their epochs and milestones are x 10 (x 2).
+_FT_STANDARD = Schedule(1e-4, 160, (60, 100, 140), 32)        # UCF101, HMDB51, Gym99, and the 10^3 subsets
+_FT_SSV2 = Schedule(1e-4, 44, (24, 34, 40), 32)               # 22 epochs [12, 17, 20] x 2 clips
+_FT_GYM_SETS = Schedule(1e-4, 180, (70, 120, 160), 32)        # FX-S1, UB-S1: 18 epochs [7, 12, 16]
 _FT_UCF_RC = Schedule(5e-5, 100, (), 32, weight_decay=1e-3)  # Adam weight decay of SEVERE's opts.py
 # Charades: SlowFast recipe of the SEVERE config (SGD momentum 0.9, wd 1e-4, 4 warm-up epochs from 1e-4)
-_FT_CHARADES = Schedule(0.0375, 57, (41, 49), 16, optimizer="sgd", weight_decay=1e-4, warmup_epochs=4.0,
-                        warmup_lr=1e-4)
+_FT_CHARADES = Schedule(0.0375, 57, (41, 49), 16, gamma=0.1, optimizer="sgd", weight_decay=1e-4,
+                        warmup_epochs=4.0, warmup_lr=1e-4)
 _FT_AOT = Schedule(1e-5, 10, (), 12)                          # App. B.2.4: no scheduler, no augmentation
-_LIN_UCF = Schedule(0.01, 100, (40, 80), 64)                  # Table B.2
-_LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64)
-_LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64)
+_LIN_UCF = Schedule(0.01, 100, (40, 80), 128)                 # SEVERE's linear config: 10 epochs [4, 8, 10]
+_LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2 (SEVERE has no config for these)
+_LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64, gamma=0.1)
+LINEAR_CLIP_LEN = 16  # SEVERE's linear configs: clip_duration 1.0 at 16 fps
 
 SETUPS = {s.name: s for s in (
     Setup("ssv2", "SS-v2", "ssv2", "recognition", 174, "top1", *_SSV2_FILES, _FT_SSV2, _LIN_SSV2),
     Setup("gym99", "Gym-99", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM),
-    Setup("ucf_1000", "UCF (10^3)", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_LOW_SHOT, _LIN_UCF,
+    Setup("ucf_1000", "UCF (10^3)", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF,
           subset_size=1000),
-    Setup("gym99_1000", "Gym-99 (10^3)", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_LOW_SHOT, _LIN_GYM,
+    Setup("gym99_1000", "Gym-99 (10^3)", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM,
           subset_size=1000),
     Setup("fx_s1", "FX-S1", "gym99", "recognition", 11, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
           label_range=(6, 17)),
@@ -805,12 +807,14 @@ def to_input(clips, device, train, norm=INPUT_NORMALIZATION["ours"], hue=0.0):
 class Classifier(nn.Module):
     """backbone (B, 3, T, H, W) -> (B, feature_dim) -> dropout -> linear head (B, num_outputs).
 
-    linear=True is the linear probe of Table B.2: the backbone is frozen and stays in eval mode,
-    so its BatchNorm statistics do not move either."""
+    linear=True is the linear probe of Table B.2: the backbone's weights are frozen. probe_bn "train":
+    its BatchNorm layers still normalise with batch statistics and update their running ones while
+    the head trains, as SEVERE's linear_eval.py (model.train()) ran it; "frozen": the backbone stays
+    in eval mode, a probe of the pretrained features as they are."""
 
-    def __init__(self, backbone, feature_dim, num_outputs, linear=False, dropout=0.0):
+    def __init__(self, backbone, feature_dim, num_outputs, linear=False, dropout=0.0, probe_bn="train"):
         super().__init__()
-        self.backbone, self.linear = backbone, linear
+        self.backbone, self.linear, self.probe_bn = backbone, linear, probe_bn
         self.dropout = nn.Dropout(0.0 if linear else dropout)
         self.fc = nn.Linear(feature_dim, num_outputs)
         if linear:
@@ -819,7 +823,7 @@ class Classifier(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        if self.linear:
+        if self.linear and self.probe_bn == "frozen":
             self.backbone.eval()
         return self
 
@@ -1662,7 +1666,9 @@ def setup_presets():
                             lambda a, name=name, protocol=protocol: a.setup == name and a.protocol == protocol,
                             dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size,
                                  weight_decay=sched.weight_decay, milestones=list(sched.milestones),
-                                 clip_len=s.clip_len, video_fps=s.video_fps, dropout=s.dropout)))
+                                 gamma=sched.gamma, video_fps=s.video_fps, dropout=s.dropout,
+                                 clip_len=LINEAR_CLIP_LEN if protocol == "linear" and s.task == "recognition"
+                                 else s.clip_len)))
     return presets
 
 
@@ -1707,7 +1713,9 @@ def parse_args(argv=None):
                    help="print the markdown table of all results JSON files under these folders and exit")
     g.add_argument("--num-test-clips", type=int, default=10, help="uniformly spaced test clips per video")
     g.add_argument("--milestones", type=int, nargs="*", default=[60, 100, 140],
-                   help="lr x0.1 at these epochs (Table C.4)")
+                   help="lr x --gamma at these epochs (SEVERE's configs, in one-clip-per-video epochs)")
+    g.add_argument("--gamma", type=float, default=0.3,
+                   help="lr decay factor at each milestone (SEVERE's configs 0.3; the text of App. B says 0.1)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="Adam / SGD weight decay (Table C.4)")
     g.add_argument("--short-side", type=int, default=128, help="frames are resized to this short side when decoded")
     g.add_argument("--video-fps", type=float, default=16.0,
@@ -1722,6 +1730,9 @@ def parse_args(argv=None):
     g.add_argument("--test-crop-fraction", type=float, default=0.875,
                    help="test view: the centre square of this fraction of the short side, resized to the crop "
                         "(SEVERE's Resize(128) + CenterCrop(112) = 0.875; 1 = the whole centre square)")
+    g.add_argument("--probe-bn", choices=["train", "frozen"], default="train",
+                   help="--protocol linear: the frozen backbone's BatchNorm in train mode (batch statistics, "
+                        "running ones updated) as SEVERE's linear_eval.py, or frozen in eval mode")
     g.add_argument("--dropout", type=float, default=0.0,
                    help="dropout before the linear head (SEVERE: none, Charades 0.5 as SlowFast's config)")
     g.add_argument("--select-on-test", action="store_true",
@@ -1738,7 +1749,7 @@ def schedule(args, setup):
         base = SETUPS["ucf101"].linear
         print(f"{setup.name}: the thesis gives no linear protocol; using UCF101's of Table B.2 ({base})")
     return dataclasses.replace(base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                               weight_decay=args.weight_decay, milestones=tuple(args.milestones))
+                               weight_decay=args.weight_decay, milestones=tuple(args.milestones), gamma=args.gamma)
 
 
 def lr_factor(sched, epoch):
@@ -1862,7 +1873,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
         return finish(args, d, setup_name, out_dir, result, info, epochs=0, t_start=t_start)
 
     model = Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear",
-                       dropout=args.dropout).to(d.device)
+                       dropout=args.dropout, probe_bn=args.probe_bn).to(d.device)
     if d.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)

@@ -57,13 +57,19 @@ def test_finetune_from_checkpoint_and_resume(pretrained, tmp_path):
 
 
 def test_linear_probe_keeps_backbone_frozen(pretrained, tmp_path):
-    out = str(tmp_path / "lin")
-    run(["--setup", "ucf_1000", "--protocol", "linear", *TINY, "--checkpoint", pretrained, "--out-dir", out])
-    model = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
+    """Only fc trains. By default the backbone's BatchNorm runs in train mode, as SEVERE's linear_eval.py,
+    so its running statistics move; --probe-bn frozen keeps every backbone tensor as it was."""
     original = torch.load(pretrained, weights_only=True)
-    # weights and BatchNorm statistics of the backbone did not move; only fc was trained
-    assert all(torch.equal(model[f"backbone.{k}"], v) for k, v in original.items())
-    assert result(out, "ucf_1000", "linear")["metric_name"] == "top1"
+    for probe_bn in ("train", "frozen"):
+        out = str(tmp_path / probe_bn)
+        run(["--setup", "ucf_1000", "--protocol", "linear", *TINY, "--checkpoint", pretrained, "--out-dir", out,
+             "--probe-bn", probe_bn])
+        model = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
+        stats = [k for k in original if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+        assert all(torch.equal(model[f"backbone.{k}"], v) for k, v in original.items() if k not in stats)
+        moved = [k for k in stats if not torch.equal(model[f"backbone.{k}"], original[k])]
+        assert (len(moved) > 0) == (probe_bn == "train"), (probe_bn, moved[:3])
+        assert result(out, "ucf_1000", "linear")["metric_name"] == "top1"
 
 
 @pytest.mark.parametrize("setup,metric", [("charades", "map"), ("ucf_aot", "top1"), ("fx_s1", "mean_class_acc")])
@@ -260,3 +266,18 @@ def test_training_colour_jitter_includes_hue():
     assert torch.allclose(no_hue[:, 1], no_hue[:, 2])
     assert (with_hue[:, 1] - with_hue[:, 2]).abs().amax() > 0.05
     assert severe_eval.parse_args(["--data-root", "x"]).hue == 0.2
+
+
+def test_schedules_are_severes_configs_in_one_clip_epochs():
+    """SEVERE's yaml files: gamma 0.3, epochs of 10 clips per video (SSv2: 2). FX-S1 18 epochs [7, 12, 16] ->
+    180 [70, 120, 160]; SSv2 22 [12, 17, 20] -> 44 [24, 34, 40]; the UCF101 linear probe: batch 128, 16 frames."""
+    parse = lambda *a: severe_eval.parse_args(["--data-root", "x", *a])
+    fx, ssv2, low = parse("--setup", "fx_s1"), parse("--setup", "ssv2"), parse("--setup", "ucf_1000")
+    assert (fx.epochs, fx.milestones, fx.gamma) == (180, [70, 120, 160], 0.3)
+    assert (ssv2.epochs, ssv2.milestones) == (44, [24, 34, 40])
+    assert (low.epochs, low.milestones) == (160, [60, 100, 140])
+    lin = parse("--setup", "ucf101", "--protocol", "linear")
+    assert (lin.batch_size, lin.clip_len, lin.lr, lin.gamma) == (128, 16, 0.01, 0.3)
+    assert parse("--setup", "charades").gamma == 0.1  # SlowFast's steps
+    sched = severe_eval.schedule(parse("--setup", "fx_s1", "--gamma", "0.1"), severe_eval.SETUPS["fx_s1"])
+    assert severe_eval.lr_factor(sched, 130) == pytest.approx(0.01)
