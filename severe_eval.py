@@ -710,7 +710,7 @@ class Clips(torch.utils.data.Dataset):
     test:  `num_clips` uniformly spaced clips, the centre square of `test_fraction` of the short side
            (SEVERE: Resize(128) + CenterCrop(112), 0.875): (num_clips, T, 3, S, S).
     aot:   arrow of time (Table 4.3): every video is listed twice, target 0 (forward) and 1
-           (the clip reversed here).
+           (the clip reversed here); no augmentation, training clips get the test view (App. B.2.4).
     targets: per video an int label, or for multi-label a (C,) float multi-hot tensor;
     clip_targets(index, frame indices) -> target, when the label depends on the clip (Charades).
     """
@@ -720,6 +720,7 @@ class Clips(torch.utils.data.Dataset):
         self.videos, self.targets, self.crop_size = videos, targets, crop_size
         self.train, self.aot, self.clip_targets = train, aot, clip_targets
         self.train_crop, self.test_fraction = train_crop, test_fraction
+        self.augment = train and not aot
 
     def __len__(self):
         return len(self.videos)
@@ -729,9 +730,9 @@ class Clips(torch.utils.data.Dataset):
         clip = item["clip"]  # (T, H, W, 3) or (num_clips, T, H, W, 3)
         clips = clip if clip.dim() == 5 else clip[None]
         n, t, h, w, _ = clips.shape
-        if self.train and self.train_crop == "resized":
+        if self.augment and self.train_crop == "resized":
             y, x, bh, bw = random_resized_box(h, w)
-        elif self.train:
+        elif self.augment:
             bh = bw = int(min(h, w) * random.uniform(0.6, 1.0))
             y, x = random.randint(0, h - bh), random.randint(0, w - bw)
         else:
@@ -741,7 +742,7 @@ class Clips(torch.utils.data.Dataset):
         clips = F.interpolate(clips.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
                               align_corners=False, antialias=max(bh, bw) > self.crop_size)
         clips = clips.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, self.crop_size, self.crop_size)
-        if self.train and random.random() < 0.5:
+        if self.augment and random.random() < 0.5:
             clips = clips.flip(-1)
         target = self.targets[item["index"]]
         if self.clip_targets is not None:  # labels of the frames this clip covers (Charades)
@@ -1801,7 +1802,8 @@ def make_loader(samples, args, d, train, batch_size, clips_per_video=1, aot=Fals
     evaluation never stops: an unreadable test video is reported and left out of the metric."""
     videos = VideoClipDataset([(p, k) for k, (p, _) in enumerate(samples)], clip_len=args.clip_len,
                               strides=(stride,), short_side=args.short_side, train=train, num_clips=clips_per_video,
-                              max_fail_fraction=args.max_bad_fraction if train else 1.0, fps=args.video_fps or None)
+                              max_fail_fraction=args.max_bad_fraction if train else 1.0, fps=args.video_fps or None,
+                              spread=aot)  # arrow of time: "8 frames linearly with a random offset" (App. B.2.4)
     dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets, args.train_crop,
                     args.test_crop_fraction)
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
@@ -1900,7 +1902,8 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
         model.train()
         loss_sum = 0.0
         for it, (clips, targets, _) in enumerate(train_loader):
-            x, targets = to_input(clips, d.device, train=True, norm=args.input_norm, hue=args.hue), targets.to(d.device)
+            x = to_input(clips, d.device, train=not aot, norm=args.input_norm, hue=args.hue)  # AoT: no jitter
+            targets = targets.to(d.device)
             with autocast(d.device, args.amp):
                 logits = model(x)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), targets) if multilabel \

@@ -386,17 +386,20 @@ class VideoClipDataset(torch.utils.data.Dataset):
     train=True: random stride from `strides` and random starts; train=False: `num_clips`
     uniformly spaced starts with strides[0]. fps: instead of `strides`, every video is resampled to
     this frame rate (stride = its native fps / fps, see `clip_indices`), so that a clip spans
-    clip_len / fps seconds whatever the video's rate. An unreadable video is reported to `counter` and
+    clip_len / fps seconds whatever the video's rate. spread: each clip's frames spread evenly over the
+    whole video instead (stride = its frames / clip_len; the start a random offset within one stride
+    when training). An unreadable video is reported to `counter` and
     replaced by a random other one; the run stops once more than max_fail_fraction failed.
     """
 
     def __init__(self, samples, clip_len=16, strides=(1,), short_side=128, train=True,
-                 num_clips=1, max_fail_fraction=0.05, counter=None, max_retries=10, fps=None):
+                 num_clips=1, max_fail_fraction=0.05, counter=None, max_retries=10, fps=None, spread=False):
         self.samples = list(samples)
         if not self.samples:
             raise ValueError("VideoClipDataset: no samples")
         self.clip_len, self.strides, self.short_side = clip_len, tuple(strides), short_side
-        self.train, self.num_clips, self.max_retries, self.fps = train, num_clips, max_retries, fps
+        self.train, self.num_clips, self.max_retries = train, num_clips, max_retries
+        self.fps, self.spread = fps, spread
         self.counter = counter if counter is not None else BadVideoCounter(max_fail_fraction)
         self._num_frames, self._frame_rates = {}, {}  # lazily filled, one cache per worker process
         self._rng, self._rng_seed = None, None
@@ -423,7 +426,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return self._num_frames[i]
 
     def frame_stride(self, i, stride):
-        """The stride of video i: `stride`, or with `fps` its native frame rate / fps."""
+        """The stride of video i: `stride`; with `spread` its frames / clip_len; with `fps` its native
+        frame rate / fps."""
+        if self.spread:
+            return max(self.num_frames(i) / self.clip_len, 1)
         if self.fps is None:
             return stride
         if i not in self._frame_rates:

@@ -281,3 +281,23 @@ def test_schedules_are_severes_configs_in_one_clip_epochs():
     assert parse("--setup", "charades").gamma == 0.1  # SlowFast's steps
     sched = severe_eval.schedule(parse("--setup", "fx_s1", "--gamma", "0.1"), severe_eval.SETUPS["fx_s1"])
     assert severe_eval.lr_factor(sched, 130) == pytest.approx(0.01)
+
+
+def test_arrow_of_time_spreads_8_frames_over_the_video_without_augmentation(tmp_path):
+    """App. B.2.4: "we sample 8 frames linearly with a random offset ... 112x112 center crops ... We do not
+    use any augmentations"."""
+    from common.video import VideoClipDataset
+    import random
+    path = _video_at(tmp_path / "v.mp4", 25, num_frames=80)
+    args = severe_eval.parse_args(["--setup", "ucf_aot", "--data-root", str(tmp_path)])
+    videos = VideoClipDataset([(path, 0)], clip_len=args.clip_len, short_side=32, train=True, spread=True)
+    starts = set()
+    for _ in range(40):
+        frames = videos[0]["frames"]
+        assert (frames[1:] - frames[:-1]).tolist() == [10] * 7  # 80 frames / 8
+        starts.add(int(frames[0]))
+    assert starts <= set(range(10)) and len(starts) > 3
+    random.seed(0)
+    views = [severe_eval.Clips(_FramedVideo(), [1], crop_size=56, train=True, aot=True)[0][0] for _ in range(5)]
+    assert all(torch.equal(v, views[0]) for v in views) and int(views[0].max()) == 0  # the centre view, unflipped
+    assert torch.equal(views[0], severe_eval.Clips(_FramedVideo(), [1], crop_size=56, train=False, aot=True)[0][0][0])
