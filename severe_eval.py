@@ -769,17 +769,31 @@ class CharadesClipTargets:
         return torch.as_tensor(labels.any(0), dtype=torch.float32)
 
 
-# Input normalisation per checkpoint layout, as each was pretrained and as SEVERE finetunes it:
-# (mean, std, reverse the channel order). Our models and torchvision's use the Kinetics statistics,
-# SEVERE's loaders the ImageNet ones, TCLR raw [0, 1] input in BGR order.
+# Input normalisation: (mean, std, reverse the channel order).
 INPUT_NORMALIZATION = {
-    "ours": (KINETICS_MEAN, KINETICS_STD, False), "supervised": (KINETICS_MEAN, KINETICS_STD, False),
-    "scratch": (KINETICS_MEAN, KINETICS_STD, False), "tclr": ((0.0,) * 3, (1.0,) * 3, True),
+    "kinetics": (KINETICS_MEAN, KINETICS_STD, False), "tclr": ((0.0,) * 3, (1.0,) * 3, True),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+    "slowfast": ((0.45,) * 3, (0.225,) * 3, False),
 }
 
 
-def to_input(clips, device, train, norm=INPUT_NORMALIZATION["ours"], hue=0.0):
+def input_normalization(fmt, setup, how="severe"):
+    """The normalisation of a checkpoint layout on a setup. severe: as SEVERE's configs ran each method:
+    ImageNet statistics for every method (its supervised model and from-scratch too), TCLR raw [0, 1] BGR,
+    and on Charades SlowFast's 0.45 / 0.225 for every method. pretraining: as each was pretrained
+    (torchvision's and from scratch with the Kinetics statistics). This repository's checkpoints ("ours")
+    were pretrained with the Kinetics statistics and get them in both."""
+    if fmt == "ours":
+        return INPUT_NORMALIZATION["kinetics"]
+    if how == "severe":
+        if setup.task == "multilabel":
+            return INPUT_NORMALIZATION["slowfast"]
+        return INPUT_NORMALIZATION["tclr" if fmt == "tclr" else "imagenet"]
+    return INPUT_NORMALIZATION["kinetics" if fmt in ("supervised", "scratch") else
+                               "tclr" if fmt == "tclr" else "imagenet"]
+
+
+def to_input(clips, device, train, norm=INPUT_NORMALIZATION["kinetics"], hue=0.0):
     """uint8 (..., T, 3, S, S) -> normalised float (N, 3, T, S, S) on the device; training clips
     also get colour jitter (brightness, contrast, saturation U(0.6, 1.4), then hue U(-hue, hue) as
     torchvision's adjust_hue: SEVERE's ColorJitter(0.4, 0.4, 0.4, 0.2), in a fixed order), one draw per clip."""
@@ -1673,11 +1687,30 @@ def setup_presets():
     return presets
 
 
+def method_presets():
+    """SEVERE's per-method configs for finetuning (configs/benchmark/<setup>/*_avid.yaml, *_scratch.yaml), in
+    one-clip-per-video epochs; they follow the setup presets, so they win over them."""
+    recognition = tuple(n for n, s in SETUPS.items() if s.task == "recognition")
+    finetune = lambda a, names: a.protocol == "finetune" and a.setup in names
+    scratch = lambda a: a.init == "scratch" or not a.checkpoint
+    return [
+        ("--format avid_cma (SEVERE's *_avid.yaml)", lambda a: a.format == "avid_cma" and finetune(a, recognition),
+         dict(lr=1e-3)),
+        ("from scratch on ucf101, hmdb51, gym99 (*_scratch.yaml: 20 epochs [10, 15, 18])",
+         lambda a: scratch(a) and finetune(a, ("ucf101", "hmdb51", "gym99")),
+         dict(epochs=200, milestones=[100, 150, 180], weight_decay=1e-4)),
+        ("from scratch on ssv2 (25 epochs [12, 19, 22] x 2 clips)", lambda a: scratch(a) and finetune(a, ("ssv2",)),
+         dict(epochs=50, milestones=[24, 38, 44], weight_decay=1e-4)),
+        ("from scratch on fx_s1, ub_s1", lambda a: scratch(a) and finetune(a, ("fx_s1", "ub_s1")),
+         dict(weight_decay=1e-5)),
+    ]
+
+
 # Without --data-root every setup runs its pipeline on the built-in synthetic videos at these
 # CPU sizes (flags given explicitly still win).
 SYNTHETIC_PRESET = dict(epochs=2, batch_size=4, clip_len=8, crop_size=64, num_test_clips=2, workers=2,
                         milestones=[1], print_freq=5)
-PRESETS = setup_presets() + [("synthetic (no --data-root)", lambda a: a.data_root is None and not
+PRESETS = setup_presets() + method_presets() + [("synthetic (no --data-root)", lambda a: a.data_root is None and not
                               (a.summary or a.print_split), SYNTHETIC_PRESET)]
 
 
@@ -1734,6 +1767,10 @@ def parse_args(argv=None):
     g.add_argument("--probe-bn", choices=["train", "frozen"], default="train",
                    help="--protocol linear: the frozen backbone's BatchNorm in train mode (batch statistics, "
                         "running ones updated) as SEVERE's linear_eval.py, or frozen in eval mode")
+    g.add_argument("--normalization", choices=["severe", "pretraining"], default="severe",
+                   help="input statistics: severe = as SEVERE's configs ran each method (ImageNet for all, TCLR raw "
+                        "BGR, Charades 0.45 / 0.225); pretraining = as each checkpoint was pretrained (Kinetics "
+                        "for torchvision's and scratch). Ours always get the Kinetics statistics they trained with")
     g.add_argument("--dropout", type=float, default=0.0,
                    help="dropout before the linear head (SEVERE: none, Charades 0.5 as SlowFast's config)")
     g.add_argument("--select-on-test", action="store_true",
@@ -1818,18 +1855,19 @@ def prepare_setup(args, d, setup_name):
     video lists (missing files left out) and checkpoint layout. `main` prepares every setup of the
     run first, so a missing file of the last setup stops the run before the first one trains."""
     setup = SETUPS[setup_name]
-    args = apply_presets(argparse.Namespace(**{**vars(args), "setup": setup_name}), PRESETS)
-    out_dir = os.path.join(args.out_dir, setup_name) if len(args.run_setups) > 1 else args.out_dir
-    sched = schedule(args, setup)
-    d.local_batch(sched.batch_size)
-    train, test, num_outputs = (*counting_data(args, d), 1) if setup.task == "counting" \
-        else setup_data(args, d, setup)
     fmt = "scratch"
     if args.init == "pretrained" and args.checkpoint:  # the layout decides the network (TCLR's layer4)
         if not os.path.isfile(args.checkpoint):
             raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
         fmt = args.format if args.format != "auto" else guess_format(read_checkpoint(args.checkpoint))
-        args.format = fmt  # the layout the run used (--format auto resolved), in checkpoint and results
+    # the layout the run used (--format auto resolved): per-method presets, checkpoint and results
+    args = apply_presets(argparse.Namespace(**{**vars(args), "setup": setup_name,
+                                               "format": args.format if fmt == "scratch" else fmt}), PRESETS)
+    out_dir = os.path.join(args.out_dir, setup_name) if len(args.run_setups) > 1 else args.out_dir
+    sched = schedule(args, setup)
+    d.local_batch(sched.batch_size)
+    train, test, num_outputs = (*counting_data(args, d), 1) if setup.task == "counting" \
+        else setup_data(args, d, setup)
     return dict(args=args, setup_name=setup_name, out_dir=out_dir, sched=sched, data=(train, test, num_outputs),
                 fmt=fmt)
 
@@ -1850,7 +1888,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
     if fmt != "scratch":
         info = load_pretrained(args.checkpoint, fmt, backbone)
         d.print(f"loaded {args.checkpoint} ({info['format']}, sha256 {info['sha256'][:12]}...)")
-    args.input_norm = INPUT_NORMALIZATION.get(fmt, INPUT_NORMALIZATION["imagenet"])
+    args.input_norm = input_normalization(fmt, setup, args.normalization)
     if setup.task == "counting":
         return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
     test_loader = make_loader(test, args, d, train=False, clips_per_video=args.num_test_clips, aot=aot,

@@ -150,7 +150,7 @@ def test_run_counting_tiny_end_to_end(tmp_path, monkeypatch):
     train, test = se.counting_data(args, d, num_synthetic=6, num_synthetic_test=2)
     assert len(train) == 4 and len(test) == 2
     backbone, feature_dim = se.build_backbone()
-    args.input_norm = se.INPUT_NORMALIZATION["ours"]
+    args.input_norm = se.INPUT_NORMALIZATION["kinetics"]
     os.makedirs(args.out_dir, exist_ok=True)
     result = se.run_counting(args, d, setup, args.out_dir, train, test, dict(checkpoint=None, format="scratch"),
                              0.0, backbone, feature_dim)

@@ -271,7 +271,7 @@ def test_training_colour_jitter_includes_hue():
 def test_schedules_are_severes_configs_in_one_clip_epochs():
     """SEVERE's yaml files: gamma 0.3, epochs of 10 clips per video (SSv2: 2). FX-S1 18 epochs [7, 12, 16] ->
     180 [70, 120, 160]; SSv2 22 [12, 17, 20] -> 44 [24, 34, 40]; the UCF101 linear probe: batch 128, 16 frames."""
-    parse = lambda *a: severe_eval.parse_args(["--data-root", "x", *a])
+    parse = lambda *a: severe_eval.parse_args(["--data-root", "x", "--checkpoint", "pretrained.pt", *a])
     fx, ssv2, low = parse("--setup", "fx_s1"), parse("--setup", "ssv2"), parse("--setup", "ucf_1000")
     assert (fx.epochs, fx.milestones, fx.gamma) == (180, [70, 120, 160], 0.3)
     assert (ssv2.epochs, ssv2.milestones) == (44, [24, 34, 40])
@@ -301,3 +301,21 @@ def test_arrow_of_time_spreads_8_frames_over_the_video_without_augmentation(tmp_
     views = [severe_eval.Clips(_FramedVideo(), [1], crop_size=56, train=True, aot=True)[0][0] for _ in range(5)]
     assert all(torch.equal(v, views[0]) for v in views) and int(views[0].max()) == 0  # the centre view, unflipped
     assert torch.equal(views[0], severe_eval.Clips(_FramedVideo(), [1], crop_size=56, train=False, aot=True)[0][0][0])
+
+
+def test_per_method_configs_and_normalisation_as_severe_ran_them():
+    parse = lambda *a: severe_eval.parse_args(["--data-root", "x", *a])
+    scratch = parse("--setup", "ucf101", "--init", "scratch")
+    assert (scratch.epochs, scratch.milestones, scratch.weight_decay) == (200, [100, 150, 180], 1e-4)
+    assert parse("--setup", "ssv2", "--init", "scratch").epochs == 50
+    assert parse("--setup", "ub_s1", "--init", "scratch").weight_decay == 1e-5
+    assert parse("--setup", "gym99_1000", "--checkpoint", "c", "--format", "avid_cma").lr == 1e-3
+    assert parse("--setup", "gym99_1000", "--checkpoint", "c", "--format", "gdt").lr == 1e-4
+    assert parse("--setup", "ucf101", "--init", "scratch", "--epochs", "7").epochs == 7  # a given flag wins
+    S, norm = severe_eval.SETUPS, severe_eval.input_normalization
+    imagenet, kinetics = severe_eval.INPUT_NORMALIZATION["imagenet"], severe_eval.INPUT_NORMALIZATION["kinetics"]
+    assert norm("supervised", S["ucf101"]) == norm("scratch", S["ucf101"]) == norm("gdt", S["ucf101"]) == imagenet
+    assert norm("supervised", S["ucf101"], "pretraining") == kinetics
+    assert norm("gdt", S["charades"]) == norm("tclr", S["charades"]) == ((0.45,) * 3, (0.225,) * 3, False)
+    assert norm("tclr", S["ucf_rc"]) == ((0.0,) * 3, (1.0,) * 3, True)  # unnormalised BGR
+    assert norm("ours", S["ucf101"]) == norm("ours", S["charades"]) == kinetics
