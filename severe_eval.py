@@ -383,6 +383,7 @@ class Setup:
     clip_len: int = 32                      # frames per clip (App. C.4; arrow of time: 8, Table 4.3)
     video_fps: float = 16.0                 # SEVERE's configs: 32 frames resampled to 16 fps = 2 s; 0 = native
     dropout: float = 0.0                    # before the head; SEVERE's heads are bare linear but Charades's
+    views: Tuple = ("resized", 1, 128, True)  # training crop, test spatial crops, decoded short side, colour jitter
 
 
 _UCF_FILES = ("ucf101/classInd.txt", "ucf101/trainlist01.txt"), ("ucf101/classInd.txt", "ucf101/testlist01.txt")
@@ -421,11 +422,12 @@ SETUPS = {s.name: s for s in (
           label_range=(74, 89)),
     Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
-          _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5),  # SlowFast's 32 x 8, DROPOUT_RATE
+          _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
+          views=("jitter", 3, 340, False)),  # TRAIN_JITTER_SCALES [256, 340], NUM_SPATIAL_CROPS 3, no colour jitter
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
     Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8,
-          video_fps=0.0),
+          video_fps=0.0, views=("resized", 1, 128, False)),  # no augmentation (App. B.2.4)
 )}
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
 
@@ -705,10 +707,12 @@ class Clips(torch.utils.data.Dataset):
     """Finetuning / test clips of a setup, cropped on the CPU worker, as uint8 (T, 3, S, S).
 
     train: one clip per video, a random crop resized to `crop_size` (train_crop "resized": SEVERE's
-           RandomResizedCrop; "multiscale": a square of U(0.6, 1) of the short side), horizontal flip
-           p = 0.5 (App. C.4; colour jitter follows on the device).
+           RandomResizedCrop; "multiscale": a square of U(0.6, 1) of the short side; "jitter": SlowFast's
+           short side rescaled to U[jitter_scales], then a crop_size square), horizontal flip p = 0.5
+           (App. C.4; colour jitter follows on the device).
     test:  `num_clips` uniformly spaced clips, the centre square of `test_fraction` of the short side
-           (SEVERE: Resize(128) + CenterCrop(112), 0.875): (num_clips, T, 3, S, S).
+           (SEVERE: Resize(128) + CenterCrop(112), 0.875), or with spatial_crops > 1 (Charades: 3)
+           SlowFast's squares of the whole short side: (num_clips x spatial_crops, T, 3, S, S).
     aot:   arrow of time (Table 4.3): every video is listed twice, target 0 (forward) and 1
            (the clip reversed here); no augmentation, training clips get the test view (App. B.2.4).
     targets: per video an int label, or for multi-label a (C,) float multi-hot tensor;
@@ -716,32 +720,42 @@ class Clips(torch.utils.data.Dataset):
     """
 
     def __init__(self, videos, targets, crop_size, train, aot=False, clip_targets=None, train_crop="resized",
-                 test_fraction=0.875):
+                 test_fraction=0.875, spatial_crops=1, jitter_scales=(256, 340)):
         self.videos, self.targets, self.crop_size = videos, targets, crop_size
         self.train, self.aot, self.clip_targets = train, aot, clip_targets
-        self.train_crop, self.test_fraction = train_crop, test_fraction
+        self.train_crop, self.test_fraction, self.spatial_crops = train_crop, test_fraction, spatial_crops
+        self.jitter_scales = jitter_scales
         self.augment = train and not aot
 
     def __len__(self):
         return len(self.videos)
+
+    def boxes(self, h, w):
+        """[(y, x, box height, box width)]: the crops taken of each clip of an h x w video."""
+        if self.augment and self.train_crop == "resized":
+            return [random_resized_box(h, w)]
+        if self.augment:  # a square: U(0.6, 1) of the short side, or SlowFast's short side rescaled to U[scales]
+            side = int(min(h, w) * random.uniform(0.6, 1.0)) if self.train_crop == "multiscale" else \
+                max(1, round(min(h, w) * self.crop_size / random.randint(*self.jitter_scales)))
+            return [(random.randint(0, h - side), random.randint(0, w - side), side, side)]
+        if self.spatial_crops > 1:  # SlowFast's test views: whole short sides spread along the long side
+            side, n = min(h, w), self.spatial_crops - 1
+            return [((h - side) * k // n, (w - side) * k // n, side, side) for k in range(n + 1)]
+        side = max(1, int(round(min(h, w) * self.test_fraction)))
+        return [((h - side) // 2, (w - side) // 2, side, side)]
 
     def __getitem__(self, i):
         item = self.videos[i]
         clip = item["clip"]  # (T, H, W, 3) or (num_clips, T, H, W, 3)
         clips = clip if clip.dim() == 5 else clip[None]
         n, t, h, w, _ = clips.shape
-        if self.augment and self.train_crop == "resized":
-            y, x, bh, bw = random_resized_box(h, w)
-        elif self.augment:
-            bh = bw = int(min(h, w) * random.uniform(0.6, 1.0))
-            y, x = random.randint(0, h - bh), random.randint(0, w - bw)
-        else:
-            bh = bw = max(1, int(round(min(h, w) * self.test_fraction)))
-            y, x = (h - bh) // 2, (w - bw) // 2
-        clips = clips[:, :, y:y + bh, x:x + bw].permute(0, 1, 4, 2, 3).reshape(n * t, 3, bh, bw)
-        clips = F.interpolate(clips.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
-                              align_corners=False, antialias=max(bh, bw) > self.crop_size)
-        clips = clips.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, self.crop_size, self.crop_size)
+        views = []
+        for y, x, bh, bw in self.boxes(h, w):
+            view = clips[:, :, y:y + bh, x:x + bw].permute(0, 1, 4, 2, 3).reshape(n * t, 3, bh, bw)
+            view = F.interpolate(view.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
+                                 align_corners=False, antialias=max(bh, bw) > self.crop_size)
+            views.append(view.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, self.crop_size, self.crop_size))
+        clips = torch.cat(views)  # test: (num_clips x spatial crops, T, 3, S, S)
         if self.augment and random.random() < 0.5:
             clips = clips.flip(-1)
         target = self.targets[item["index"]]
@@ -754,9 +768,9 @@ class Clips(torch.utils.data.Dataset):
 
 
 class CharadesClipTargets:
-    """Multi-hot (157,) target of a training clip: the classes whose intervals contain any of the
-    clip's frames (start < t < end, t = frame / fps), as the SlowFast Charades loader aggregates
-    per-frame labels over the sampled clip. samples: [(path, [(class, start_s, end_s), ...])]."""
+    """Multi-hot (157,) target of a training clip: the classes whose intervals contain any frame of the
+    clip's span, its first to its last frame, sampled or not (start < t < end, t = frame / fps), as
+    SlowFast's charades.py aggregates per-frame labels. samples: [(path, [(class, start_s, end_s), ...])]."""
 
     def __init__(self, samples):
         self.samples, self.fps = samples, {}
@@ -765,7 +779,7 @@ class CharadesClipTargets:
         path, actions = self.samples[index]
         if index not in self.fps:
             self.fps[index] = frame_rate(path)
-        labels = frame_labels(actions, int(frames.max()) + 1, self.fps[index])[frames]
+        labels = frame_labels(actions, int(frames.max()) + 1, self.fps[index])[int(frames.min()):]
         return torch.as_tensor(labels.any(0), dtype=torch.float32)
 
 
@@ -773,14 +787,14 @@ class CharadesClipTargets:
 INPUT_NORMALIZATION = {
     "kinetics": (KINETICS_MEAN, KINETICS_STD, False), "tclr": ((0.0,) * 3, (1.0,) * 3, True),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
-    "slowfast": ((0.45,) * 3, (0.225,) * 3, False),
+    "slowfast": ((0.45,) * 3, (0.225,) * 3, True),  # SEVERE's Charades configs: REVERSE_INPUT_CHANNEL True
 }
 
 
 def input_normalization(fmt, setup, how="severe"):
     """The normalisation of a checkpoint layout on a setup. severe: as SEVERE's configs ran each method:
     ImageNet statistics for every method (its supervised model and from-scratch too), TCLR raw [0, 1] BGR,
-    and on Charades SlowFast's 0.45 / 0.225 for every method. pretraining: as each was pretrained
+    and on Charades SlowFast's 0.45 / 0.225 in BGR order for every method. pretraining: as each was pretrained
     (torchvision's and from scratch with the Kinetics statistics). This repository's checkpoints ("ours")
     were pretrained with the Kinetics statistics and get them in both."""
     if fmt == "ours":
@@ -1682,6 +1696,8 @@ def setup_presets():
                             dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size,
                                  weight_decay=sched.weight_decay, milestones=list(sched.milestones),
                                  gamma=sched.gamma, video_fps=s.video_fps, dropout=s.dropout,
+                                 **dict(zip(("train_crop", "test_spatial_crops", "short_side", "colour_jitter"),
+                                            s.views)),
                                  clip_len=LINEAR_CLIP_LEN if protocol == "linear" and s.task == "recognition"
                                  else s.clip_len)))
     return presets
@@ -1708,7 +1724,7 @@ def method_presets():
 
 # Without --data-root every setup runs its pipeline on the built-in synthetic videos at these
 # CPU sizes (flags given explicitly still win).
-SYNTHETIC_PRESET = dict(epochs=2, batch_size=4, clip_len=8, crop_size=64, num_test_clips=2, workers=2,
+SYNTHETIC_PRESET = dict(epochs=2, batch_size=4, clip_len=8, crop_size=64, num_test_clips=2, workers=2, short_side=128,
                         milestones=[1], print_freq=5)
 PRESETS = setup_presets() + method_presets() + [("synthetic (no --data-root)", lambda a: a.data_root is None and not
                               (a.summary or a.print_split), SYNTHETIC_PRESET)]
@@ -1756,9 +1772,18 @@ def parse_args(argv=None):
                    help="resample every video to this frame rate, so a clip spans clip-len / fps seconds (SEVERE's "
                         "configs: 32 frames at 16 fps = 2 s); 0 = consecutive native frames (the thesis's '32 "
                         "frames'; UCF101 at 25 fps: 1.28 s, SSv2 at 12 fps: 2.67 s)")
-    g.add_argument("--train-crop", choices=["resized", "multiscale"], default="resized",
+    g.add_argument("--train-crop", choices=["resized", "multiscale", "jitter"], default="resized",
                    help="resized: SEVERE's RandomResizedCrop (area 8-100%%, aspect 3/4-4/3, resized to the crop "
-                        "size); multiscale: a square of 60-100%% of the short side (the text's 'multi-scale crop')")
+                        "size); multiscale: a square of 60-100%% of the short side (the text's 'multi-scale crop'); "
+                        "jitter: SlowFast's short side rescaled to U[--jitter-scales], a crop-size square (Charades)")
+    g.add_argument("--jitter-scales", type=int, nargs=2, default=[256, 340], metavar=("MIN", "MAX"),
+                   help="--train-crop jitter: the short side's range (SlowFast's TRAIN_JITTER_SCALES)")
+    g.add_argument("--test-spatial-crops", type=int, default=1,
+                   help="test views per clip: 1 centre crop (SEVERE), or N squares of the whole short side spread "
+                        "along the long side, both ends included (SlowFast's NUM_SPATIAL_CROPS 3, Charades)")
+    g.add_argument("--colour-jitter", action=argparse.BooleanOptionalAction, default=True,
+                   help="training colour jitter (SEVERE's; off for Charades, whose SlowFast config has none, and "
+                        "the arrow of time)")
     g.add_argument("--hue", type=float, default=0.2,
                    help="training hue jitter, factor U(-hue, hue) (SEVERE's ColorJitter(0.4, 0.4, 0.4, 0.2)); 0 = off")
     g.add_argument("--test-crop-fraction", type=float, default=0.875,
@@ -1776,7 +1801,10 @@ def parse_args(argv=None):
     g.add_argument("--select-on-test", action="store_true",
                    help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")
     parser.set_defaults(clip_len=32, crop_size=112, batch_size=32, epochs=160, lr=1e-4, out_dir="runs/severe")
-    return parse_with_presets(parser, argv, PRESETS)
+    args = parse_with_presets(parser, argv, PRESETS)
+    if args.test_spatial_crops < 1:
+        parser.error(f"--test-spatial-crops {args.test_spatial_crops} must be at least 1")
+    return args
 
 
 def schedule(args, setup):
@@ -1842,7 +1870,7 @@ def make_loader(samples, args, d, train, batch_size, clips_per_video=1, aot=Fals
                               max_fail_fraction=args.max_bad_fraction if train else 1.0, fps=args.video_fps or None,
                               spread=aot)  # arrow of time: "8 frames linearly with a random offset" (App. B.2.4)
     dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets, args.train_crop,
-                    args.test_crop_fraction)
+                    args.test_crop_fraction, args.test_spatial_crops, tuple(args.jitter_scales))
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
         if d.distributed else (torch.utils.data.RandomSampler(dataset) if train else None)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
@@ -1892,7 +1920,8 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
     if setup.task == "counting":
         return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
     test_loader = make_loader(test, args, d, train=False, clips_per_video=args.num_test_clips, aot=aot,
-                              stride=setup.clip_stride, batch_size=max(1, batch_size // args.num_test_clips))
+                              stride=setup.clip_stride,
+                              batch_size=max(1, batch_size // (args.num_test_clips * args.test_spatial_crops)))
     t_start = time.time()
 
     if args.task in ("retrieval", "cluster"):  # frozen features, no training
@@ -1940,7 +1969,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
         model.train()
         loss_sum = 0.0
         for it, (clips, targets, _) in enumerate(train_loader):
-            x = to_input(clips, d.device, train=not aot, norm=args.input_norm, hue=args.hue)  # AoT: no jitter
+            x = to_input(clips, d.device, train=args.colour_jitter, norm=args.input_norm, hue=args.hue)
             targets = targets.to(d.device)
             with autocast(d.device, args.amp):
                 logits = model(x)

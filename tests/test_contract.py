@@ -47,7 +47,8 @@ TRIGGERS = {
                   for extra in ([], ["--data-root", "x"])],
 }
 CHOICES = dict(granularity={"combined": "video2clip"},
-               bn={"shuffle": "sync", "sync": "shuffle"})
+               bn={"shuffle": "sync", "sync": "shuffle"},
+               train_crop={"resized": "multiscale", "jitter": "resized"})
 
 
 def other_value(key, value):

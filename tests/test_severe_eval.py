@@ -133,7 +133,7 @@ def test_torchrun_two_processes(tmp_path):
     assert r["test_videos"] == r["test_videos_listed"]  # predictions of both ranks gathered, no repeats
 
 
-def test_charades_clip_targets_follow_the_intervals_of_the_sampled_frames(tmp_path):
+def test_charades_clip_targets_follow_the_intervals_over_the_clips_span(tmp_path):
     import numpy as np
 
     import severe_eval as se
@@ -148,7 +148,9 @@ def test_charades_clip_targets_follow_the_intervals_of_the_sampled_frames(tmp_pa
     assert early.shape == (157,) and set(early.nonzero().flatten().tolist()) == {3}
     assert set(late.nonzero().flatten().tolist()) == {7}
     assert set(both.nonzero().flatten().tolist()) == {3, 7}
-    assert targets(0, np.array([0, 13, 20, 25])).sum() == 0  # t = 0, 0.52, 0.8, 1.0: in no open interval
+    assert targets(0, np.array([13, 20, 25])).sum() == 0  # t = 0.52 ... 1.0: in no open interval
+    # SlowFast's charades.py pools the labels of every frame from the clip's first to its last, sampled or not
+    assert set(targets(0, np.array([0, 14])).nonzero().flatten().tolist()) == {3}
 
 
 def test_charades_on_its_own_file_layout(tmp_path):
@@ -316,6 +318,33 @@ def test_per_method_configs_and_normalisation_as_severe_ran_them():
     imagenet, kinetics = severe_eval.INPUT_NORMALIZATION["imagenet"], severe_eval.INPUT_NORMALIZATION["kinetics"]
     assert norm("supervised", S["ucf101"]) == norm("scratch", S["ucf101"]) == norm("gdt", S["ucf101"]) == imagenet
     assert norm("supervised", S["ucf101"], "pretraining") == kinetics
-    assert norm("gdt", S["charades"]) == norm("tclr", S["charades"]) == ((0.45,) * 3, (0.225,) * 3, False)
+    assert norm("gdt", S["charades"]) == norm("tclr", S["charades"]) == ((0.45,) * 3, (0.225,) * 3, True)
     assert norm("tclr", S["ucf_rc"]) == ((0.0,) * 3, (1.0,) * 3, True)  # unnormalised BGR
     assert norm("ours", S["ucf101"]) == norm("ours", S["charades"]) == kinetics
+
+
+def test_charades_views_are_slowfasts():
+    """SEVERE's Charades configs (SlowFast): TRAIN_JITTER_SCALES [256, 340] then a random 112 crop, no colour
+    jitter; NUM_SPATIAL_CROPS 3 at test (the whole short side at both ends and the centre); decoded at 340."""
+    import random
+    args = severe_eval.parse_args(["--setup", "charades", "--data-root", "x"])
+    assert (args.train_crop, args.test_spatial_crops, args.short_side, args.colour_jitter) == ("jitter", 3, 340, False)
+    ucf = severe_eval.parse_args(["--setup", "ucf101", "--data-root", "x"])
+    assert (ucf.train_crop, ucf.test_spatial_crops, ucf.short_side, ucf.colour_jitter) == ("resized", 1, 128, True)
+    assert not severe_eval.parse_args(["--setup", "ucf_aot", "--data-root", "x"]).colour_jitter
+
+    class Columns:  # one 2-frame clip of 64 x 96 whose pixel value is its column
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            clip = torch.arange(96, dtype=torch.uint8).view(1, 1, 96, 1).expand(2, 64, 96, 3).contiguous()
+            return dict(clip=clip, label=0, index=0, frames=torch.arange(2))
+
+    views = severe_eval.Clips(Columns(), [0], crop_size=64, train=False, spatial_crops=3)[0][0]
+    assert views.shape == (3, 2, 3, 64, 64)
+    assert [int(v[0, 0, 0, 0]) for v in views] == [0, 16, 32] and int(views[2].max()) == 95
+    random.seed(0)
+    clips = severe_eval.Clips(Columns(), [0], crop_size=112, train=True, train_crop="jitter")
+    sides = [clips.boxes(340, 453)[0][2] for _ in range(500)]
+    assert min(sides) == 112 and max(sides) >= 145 and max(sides) <= 149  # 340 * 112 / U{256 .. 340}
