@@ -432,8 +432,12 @@ SETUPS = {s.name: s for s in (
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
 
 
-def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=None):
+def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=None, subset_size=None):
     """[(relative video path, target)] of a setup's 'train' or 'test' split, remaps and subsets applied.
+
+    subset_size: training videos to draw as SEVERE draws its 10^3 subsets (`low_shot_subset`: the same
+    number per class), for the sample-size sweep of Fig. 4.3 / B.13; None = the setup's own (1,000 for
+    the 10^3 setups), 0 = the whole training split.
 
     video_root: leave out the videos that are not under it (`drop_missing`) before the subset is
     drawn, as SEVERE's loaders do, so an incomplete download still gets a full 1,000-video subset.
@@ -470,16 +474,17 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
         on_disk = drop_missing([(os.path.join(video_root, p), k) for k, (p, _) in enumerate(samples)],
                                f"{setup_name} {split} split (--data-root {video_root})")
         samples = [samples[k] for _, k in on_disk]
-    if s.subset_size and split == "train":
-        samples = low_shot_subset(samples, s.num_classes, s.subset_size, subset_seed)
+    subset_size = s.subset_size if subset_size is None else subset_size
+    if subset_size and split == "train":
+        samples = low_shot_subset(samples, s.num_classes, subset_size, subset_seed)
     if s.task == "aot":
         samples = [(path, direction) for path, _ in samples for direction in (0, 1)]
     return samples
 
 
-def print_split(setup_name, split, ann_root, subset_seed=99999):
+def print_split(setup_name, split, ann_root, subset_seed=99999, subset_size=None):
     """Print the relative video paths of a setup's split, one per line, in list order."""
-    for path, _ in setup_samples(setup_name, split, ann_root, subset_seed):
+    for path, _ in setup_samples(setup_name, split, ann_root, subset_seed, subset_size=subset_size):
         print(path)
 
 
@@ -1696,6 +1701,7 @@ def setup_presets():
                             dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size,
                                  weight_decay=sched.weight_decay, milestones=list(sched.milestones),
                                  gamma=sched.gamma, video_fps=s.video_fps, dropout=s.dropout,
+                                 subset_size=s.subset_size or 0,
                                  **dict(zip(("train_crop", "test_spatial_crops", "short_side", "colour_jitter"),
                                             s.views)),
                                  clip_len=LINEAR_CLIP_LEN if protocol == "linear" and s.task == "recognition"
@@ -1757,6 +1763,10 @@ def parse_args(argv=None):
     g.add_argument("--name", default=None, help="row label in --summary tables (default: the checkpoint path)")
     g.add_argument("--ann-root", default=None, help="annotation files; default: inside --data-root")
     g.add_argument("--subset-seed", type=int, default=99999, help="seed of the 1,000-sample subsets (SEVERE's)")
+    g.add_argument("--subset-size", type=int, default=0, metavar="N",
+                   help="train on N videos drawn as SEVERE's 10^3 subsets, the same number per class (Fig. 4.3, "
+                        "B.13: 1,000 doubling to the full set); 0 = the whole training split. The 10^3 setups' "
+                        "preset: 1000")
     g.add_argument("--print-split", choices=["train", "test"], default=None,
                    help="print the setup's video paths of that split, one per line, and exit")
     g.add_argument("--summary", nargs="+", default=None, metavar="DIR",
@@ -1844,10 +1854,12 @@ def setup_data(args, d, setup):
         root, num_classes = synthetic["root"], len(synthetic["classes"])
         train = read_video_list(synthetic["train_list"], root)
         test = read_video_list(synthetic["val_list"], root)
+        if args.subset_size:
+            train = low_shot_subset(train, num_classes, args.subset_size, args.subset_seed)
     else:
         root, ann_root = args.data_root, args.ann_root or args.data_root
         train, test = ([(os.path.join(root, p), y) for p, y in setup_samples(setup.name, split, ann_root,
-                                                                             args.subset_seed, video_root=root)]
+                                                                             args.subset_seed, root, args.subset_size)]
                        for split in ("train", "test"))
         num_classes = setup.num_classes
     if setup.task == "multilabel":
@@ -1883,6 +1895,8 @@ def prepare_setup(args, d, setup_name):
     video lists (missing files left out) and checkpoint layout. `main` prepares every setup of the
     run first, so a missing file of the last setup stops the run before the first one trains."""
     setup = SETUPS[setup_name]
+    if args.subset_size and setup.task != "recognition" and "subset_size" in args.given_flags:
+        raise SystemExit(f"--subset-size: {setup_name} is not a classification setup; subsets are drawn per class")
     fmt = "scratch"
     if args.init == "pretrained" and args.checkpoint:  # the layout decides the network (TCLR's layer4)
         if not os.path.isfile(args.checkpoint):
@@ -2018,7 +2032,7 @@ def main(argv=None):
         if not (args.ann_root or args.data_root):
             raise SystemExit(f"--print-split {args.print_split} needs --ann-root (the folder of the official "
                              f"annotation files) or --data-root")
-        print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed)
+        print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed, args.subset_size)
         return
     d = Dist(args.device)
     seed_everything(args.seed, d.rank)

@@ -312,3 +312,20 @@ def test_arrow_of_time_and_print_split(capsys):
     assert capsys.readouterr().out.splitlines() != lines
     with pytest.raises(KeyError, match="ucf_1001"):
         se.setup_samples("ucf_1001", "train", ANN)
+
+
+def test_subset_size_draws_the_sample_size_sweep_as_severes_subsets():
+    """Fig. 4.3 / B.13: 1,000 training videos doubling to the full set, the same number per class,
+    drawn as the 10^3 subsets (RandomState(seed), classes in order), so every model sees the same videos."""
+    full = se.setup_samples("ucf101", "train", ANN)
+    for n, per_class in ((1000, 10), (2000, 20), (4000, 40)):
+        subset = se.setup_samples("ucf101", "train", ANN, subset_size=n)
+        counts = np.bincount([y for _, y in subset], minlength=101)
+        assert len(subset) == 101 * per_class and counts.min() == counts.max() == per_class
+        assert subset == se.setup_samples("ucf101", "train", ANN, subset_size=n)  # deterministic
+        assert set(subset) <= set(full)
+    assert se.setup_samples("ucf101", "train", ANN, subset_size=1000) == se.setup_samples("ucf_1000", "train", ANN)
+    assert se.setup_samples("ucf_1000", "train", ANN, subset_size=0) == full  # 0: the whole split
+    assert len(se.setup_samples("gym99", "train", ANN, subset_size=2000)) == 99 * 21
+    args = se.parse_args(["--setup", "ucf_1000", "--data-root", "x"])
+    assert args.subset_size == 1000 and se.parse_args(["--setup", "ucf101", "--data-root", "x"]).subset_size == 0
