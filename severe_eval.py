@@ -580,6 +580,13 @@ def backbone_variant(fmt, default="r2plus1d_18"):
     return "r2plus1d_18_tclr" if fmt == "tclr" else default
 
 
+def torchvision_architecture(state):
+    """'r3d_18' or 'r2plus1d_18': the network a torchvision-key state dict holds (this repository's
+    scripts pretrain either, e.g. `tubelet_contrast.py --backbone r3d_18` for Table C.2). R(2+1)D-18's
+    stem is two convs (stem.0 1x7x7 then stem.3 3x1x1), R3D-18's one 3x7x7 conv."""
+    return "r2plus1d_18" if "stem.3.weight" in state else "r3d_18"
+
+
 def _is_state_dict(obj):
     return isinstance(obj, dict) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
 
@@ -1902,6 +1909,9 @@ def prepare_setup(args, d, setup_name):
         if not os.path.isfile(args.checkpoint):
             raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
         fmt = args.format if args.format != "auto" else guess_format(read_checkpoint(args.checkpoint))
+    variant = backbone_variant(fmt)
+    if fmt in ("ours", "supervised"):  # torchvision keys: build the network the file holds
+        variant = torchvision_architecture(convert_checkpoint(read_checkpoint(args.checkpoint), fmt))
     # the layout the run used (--format auto resolved): per-method presets, checkpoint and results
     args = apply_presets(argparse.Namespace(**{**vars(args), "setup": setup_name,
                                                "format": args.format if fmt == "scratch" else fmt}), PRESETS)
@@ -1911,10 +1921,10 @@ def prepare_setup(args, d, setup_name):
     train, test, num_outputs = (*counting_data(args, d), 1) if setup.task == "counting" \
         else setup_data(args, d, setup)
     return dict(args=args, setup_name=setup_name, out_dir=out_dir, sched=sched, data=(train, test, num_outputs),
-                fmt=fmt)
+                fmt=fmt, variant=variant)
 
 
-def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
+def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
     setup = SETUPS[setup_name]
     os.makedirs(out_dir, exist_ok=True)
     epochs, batch_size = sched.epochs, d.local_batch(sched.batch_size)
@@ -1926,10 +1936,11 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt):
             f"{args.protocol}, {sched} (batch {batch_size} per process x {d.world_size})")
 
     info = dict(checkpoint=None, format="scratch")
-    backbone, feature_dim = build_backbone(backbone_variant(fmt))
+    backbone, feature_dim = build_backbone(variant)
     if fmt != "scratch":
         info = load_pretrained(args.checkpoint, fmt, backbone)
-        d.print(f"loaded {args.checkpoint} ({info['format']}, sha256 {info['sha256'][:12]}...)")
+        d.print(f"loaded {args.checkpoint} ({info['format']}, {variant}, sha256 {info['sha256'][:12]}...)")
+    info["backbone"] = variant
     args.input_norm = input_normalization(fmt, setup, args.normalization)
     if setup.task == "counting":
         return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
@@ -2012,8 +2023,8 @@ def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
     name = args.name or (args.checkpoint if args.init == "pretrained" and args.checkpoint else "None (scratch)")
     record = dict(name=name, setup=setup_name, protocol=args.protocol, task=args.task, **result,
                   checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
-                  format=info.get("format"), epochs=epochs, seconds=round(time.time() - t_start, 1),
-                  args=vars(args))
+                  format=info.get("format"), backbone=info.get("backbone"), epochs=epochs,
+                  seconds=round(time.time() - t_start, 1), args=vars(args))
     if d.main:
         kind = args.protocol if args.task == "auto" else args.task  # retrieval / cluster train nothing
         path = os.path.join(out_dir, f"results_{setup_name}_{kind}.json")

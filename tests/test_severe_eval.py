@@ -348,3 +348,17 @@ def test_charades_views_are_slowfasts():
     clips = severe_eval.Clips(Columns(), [0], crop_size=112, train=True, train_crop="jitter")
     sides = [clips.boxes(340, 453)[0][2] for _ in range(500)]
     assert min(sides) == 112 and max(sides) >= 145 and max(sides) <= 149  # 340 * 112 / U{256 .. 340}
+
+
+def test_an_r3d_18_backbone_of_ours_builds_r3d_18(tmp_path):
+    """Table C.2: `tubelet_contrast.py --backbone r3d_18` writes an R3D-18 backbone.pt; --format ours built
+    R(2+1)D-18 for every file, and the strict load failed (104 of 120 keys)."""
+    from torchvision.models.video import r3d_18
+    path = tmp_path / "backbone.pt"
+    torch.save({k: v for k, v in r3d_18().state_dict().items() if not k.startswith("fc.")}, path)
+    out = str(tmp_path / "out")
+    run(["--setup", "ucf101", *TINY, "--epochs", "0", "--checkpoint", str(path), "--format", "ours",
+         "--out-dir", out])
+    record = result(out, "ucf101")
+    assert record["backbone"] == "r3d_18" and record["format"] == "ours"
+    assert severe_eval.torchvision_architecture(r2plus1d_18().state_dict()) == "r2plus1d_18"
