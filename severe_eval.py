@@ -194,18 +194,21 @@ GYM99_SUBSETS = {"fx_s1": range(6, 17),    # Floor Exercise set 1: leaps, jumps 
                  "ub_s1": range(74, 89)}   # Uneven Bars set 1: circles (15 classes)
 
 
-def read_gym99_split(list_path, label_range=None):
-    """Gym99 list '<name>.avi <label>': [(name, label)] in file order (20,484 train / 8,521 val).
+def read_gym99_split(list_path, label_range=None, num_classes=99):
+    """Gym99 list '<name>.avi <label>': [(name, label)] in file order (20,484 train / 8,521 val); the
+    Gym288 lists have the same format with num_classes=288.
 
-    With `label_range` (e.g. GYM99_SUBSETS['fx_s1']) keeps the classes in that range and shifts their
-    labels to start at 0: FX-S1 -> 0..10 (1,882 / 777), UB-S1 -> 0..14 (3,511 / 1,471).
+    With `label_range` (a range of Gym99 labels) keeps the classes in that range and shifts their
+    labels to start at 0: FX-S1 -> 0..10 (1,882 / 777), UB-S1 -> 0..14 (3,511 / 1,471); the events as
+    SEVERE's gym_event_*.py: Vault labels 0..5, Floor 6..40.
     """
     samples = []
     for lineno, text in _annotation_lines(list_path):
         video, label = _split_fields(list_path, lineno, text, 2)
         label = _parse_int(list_path, lineno, label, "label")
-        if not 0 <= label < 99:
-            raise AnnotationError(f"{list_path}:{lineno}: unknown class {label} (Gym99 has labels 0..98)")
+        if not 0 <= label < num_classes:
+            raise AnnotationError(f"{list_path}:{lineno}: unknown class {label} (Gym{num_classes} has labels "
+                                  f"0..{num_classes - 1})")
         if label_range is None:
             samples.append((video, label))
         elif label in label_range:
@@ -369,7 +372,7 @@ class Schedule:
 class Setup:
     name: str
     title: str                     # column name in Table 4.4 / C.4
-    dataset: str                   # ucf101 | hmdb51 | ssv2 | gym99 | ucfrep | charades
+    dataset: str                   # ucf101 | hmdb51 | ssv2 | gym99 | gym288 | ucfrep | charades
     task: str                      # recognition | counting | multilabel | aot
     num_classes: int               # outputs of the head (counting: 1, aot: 2)
     metric: str                    # top1 | mean_class_acc | mean_count_error | map
@@ -391,6 +394,7 @@ _HMDB_FILES = ("hmdb51/*_test_split1.txt",), ("hmdb51/*_test_split1.txt",)
 _SSV2_FILES = (("ssv2/something-something-v2-labels.json", "ssv2/something-something-v2-train.json"),
                ("ssv2/something-something-v2-labels.json", "ssv2/something-something-v2-validation.json"))
 _GYM_FILES = ("finegym/gym99_train.txt",), ("finegym/gym99_val.txt",)
+_GYM288_FILES = ("finegym/gym288_train.txt",), ("finegym/gym288_val.txt",)
 _UCFREP_FILES = ("ucfrep/ucf526_annotations.zip",), ("ucfrep/ucf526_annotations.zip",)
 _CHARADES_FILES = ("charades/Charades_v1_train.csv",), ("charades/Charades_v1_test.csv",)
 
@@ -420,6 +424,12 @@ SETUPS = {s.name: s for s in (
           label_range=(6, 17)),
     Setup("ub_s1", "UB-S1", "gym99", "recognition", 15, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
           label_range=(74, 89)),
+    # Table 4.2's other granularities: the events Vault and Floor within Gym99, the long-tailed Gym288
+    Setup("gym_vault", "Vault", "gym99", "recognition", 6, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
+          label_range=(0, 6)),
+    Setup("gym_floor", "Floor", "gym99", "recognition", 35, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
+          label_range=(6, 41)),
+    Setup("gym288", "Gym-288", "gym288", "recognition", 288, "mean_class_acc", *_GYM288_FILES, _FT_STANDARD, None),
     Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
           _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
@@ -458,8 +468,9 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
         samples = read_hmdb51_split(os.path.dirname(files[0]), split)[0]
     elif s.dataset == "ssv2":
         samples = read_ssv2_split(files[0], files[1])[0]
-    elif s.dataset == "gym99":
-        samples = read_gym99_split(files[0], range(*s.label_range) if s.label_range else None)
+    elif s.dataset in ("gym99", "gym288"):
+        samples = read_gym99_split(files[0], range(*s.label_range) if s.label_range else None, s.num_classes
+                                   if s.dataset == "gym288" else 99)
     elif s.dataset == "ucfrep":
         samples = [(v.path, v.boundaries) for v in read_ucfrep_split(files[0], "train" if split == "train" else "val")]
     elif s.dataset == "charades":
@@ -1217,7 +1228,7 @@ def summarize(results, setups=SEVERE_ORDER):
     with one decimal, the UCF-RC error with three; a missing value, mean or rank prints as '–'."""
     table = summary_rows(results, setups)
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
-    lines = ["| " + " | ".join(["Checkpoint"] + [SEVERE_HEADERS.get(s, s) for s in setups] + ["Mean", "Rank↓"]) + " |",
+    lines = ["| " + " | ".join(["Checkpoint"] + [SEVERE_HEADERS.get(s, SETUPS[s].title if s in SETUPS else s) for s in setups] + ["Mean", "Rank↓"]) + " |",
              "|" + "---|" + "---:|" * (len(setups) + 2)]
     for row in table:
         cells = [row["name"].replace("|", "\\|")]
@@ -1225,6 +1236,22 @@ def summarize(results, setups=SEVERE_ORDER):
         cells += [fmt(row["mean"], ".1f"), fmt(row["rank"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary_tables(results):
+    """What --summary prints: the Table 4.4 / 5.8 layout of the eight SEVERE setups, then one table (a
+    column per setup in SETUPS order, Mean and Rank over those columns) of every other setup found,
+    e.g. the UCF101 / HMDB51 of Table 5.7 or the granularities of Table 4.2; says so when there is
+    no SEVERE setup among the results."""
+    found = {r.get("setup") for r in results if r.get("task", "auto") == "auto"}
+    if not found:
+        raise SystemExit("--summary: no finetuning or linear-probe results*.json under the folders given")
+    others = [s for s in SETUPS if s in found and s not in SEVERE_ORDER]
+    parts = [summarize(results) if found & set(SEVERE_ORDER) else
+             f"(no SEVERE setup among the results: Table 4.4 / 5.8 needs {', '.join(SEVERE_ORDER)})\n"]
+    if others:
+        parts.append(summarize(results, others))
+    return "\n".join(parts)
 
 
 # ============ repetition counting (UCFRep, Zhang et al. CVPR 2020; App. B.2.3, C.4) ============
@@ -1725,8 +1752,8 @@ def method_presets():
     return [
         ("--format avid_cma (SEVERE's *_avid.yaml)", lambda a: a.format == "avid_cma" and finetune(a, recognition),
          dict(lr=1e-3)),
-        ("from scratch on ucf101, hmdb51, gym99 (*_scratch.yaml: 20 epochs [10, 15, 18])",
-         lambda a: scratch(a) and finetune(a, ("ucf101", "hmdb51", "gym99")),
+        ("from scratch on ucf101, hmdb51, gym99, gym288 (*_scratch.yaml: 20 epochs [10, 15, 18])",
+         lambda a: scratch(a) and finetune(a, ("ucf101", "hmdb51", "gym99", "gym288")),
          dict(epochs=200, milestones=[100, 150, 180], weight_decay=1e-4)),
         ("from scratch on ssv2 (25 epochs [12, 19, 22] x 2 clips)", lambda a: scratch(a) and finetune(a, ("ssv2",)),
          dict(epochs=50, milestones=[24, 38, 44], weight_decay=1e-4)),
@@ -2037,7 +2064,7 @@ def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
 def main(argv=None):
     args = parse_args(argv)
     if args.summary:
-        print(summarize(load_results(args.summary)))
+        print(summary_tables(load_results(args.summary)))
         return
     if args.print_split:
         if not (args.ann_root or args.data_root):

@@ -107,6 +107,16 @@ def test_summary_table_from_result_files(tmp_path):
     row_a = next(line for line in table.splitlines() if line.startswith("| a"))
     # mean of 60, 90, 70, 40, 70, 85, (1 - 0.15) * 100, 10 = 510 / 8; a is best everywhere: rank 1
     assert "63.8" in row_a and row_a.rstrip(" |").endswith("1.0")
+    # setups beyond the eight get a table of their own; a folder without SEVERE setups says so
+    for name, value in (("a", 80.0), ("b", 70.0)):
+        (tmp_path / "other" / name).mkdir(parents=True)
+        for setup in ("hmdb51", "gym_vault"):
+            (tmp_path / "other" / name / f"results_{setup}_finetune.json").write_text(json.dumps(
+                dict(checkpoint=name, setup=setup, protocol="finetune", metric_name="m", value=value)))
+    table = run(["--summary", str(tmp_path)]).stdout
+    assert "| Checkpoint | SSv2 |" in table and "| Checkpoint | Vault | HMDB51 | Mean | Rank↓ |" in table
+    only_other = run(["--summary", str(tmp_path / "other")]).stdout
+    assert "no SEVERE setup among the results" in only_other and "| a | 80.0 | 80.0 | 80.0 | 1.0 |" in only_other
 
 
 def test_print_split_lists_the_official_files():

@@ -271,7 +271,8 @@ def test_missing_files_name_the_path(tmp_path):
 
 def test_setups_match_tables():
     assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
-    assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot"}
+    assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot", "gym_vault", "gym_floor",
+                                                      "gym288"}
     S = se.SETUPS
     # SEVERE's yaml files in one-clip-per-video epochs (x 10 clips, SSv2 x 2; Table C.4's text differs, README)
     severe_configs = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
@@ -289,14 +290,15 @@ def test_setups_match_tables():
         assert (f.lr, f.epochs, tuple(f.milestones), f.batch_size) == (lr, epochs, steps, batch), name
     metrics = {"ssv2": "top1", "gym99": "top1", "ucf_1000": "top1", "gym99_1000": "top1", "fx_s1": "mean_class_acc",
                "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
-               "hmdb51": "top1", "ucf_aot": "top1"}
+               "hmdb51": "top1", "ucf_aot": "top1", "gym_vault": "mean_class_acc", "gym_floor": "mean_class_acc",
+               "gym288": "mean_class_acc"}
     assert {n: s.metric for n, s in S.items()} == metrics
     assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
         "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
     assert (S["ucf_aot"].num_classes, S["charades"].num_classes, S["ssv2"].num_classes) == (2, 157, 174)
     for s in S.values():  # every annotation file a setup names exists or is one of the two not shipped
         for rel in s.train_files + s.test_files:
-            if not rel.startswith(("charades/", "ssv2/something-something-v2-train")):
+            if not rel.startswith(("charades/", "ssv2/something-something-v2-train", "finegym/gym288")):
                 assert os.path.exists(os.path.join(ANN, rel.replace("*", "brush_hair"))), rel
 
 
@@ -329,3 +331,24 @@ def test_subset_size_draws_the_sample_size_sweep_as_severes_subsets():
     assert len(se.setup_samples("gym99", "train", ANN, subset_size=2000)) == 99 * 21
     args = se.parse_args(["--setup", "ucf_1000", "--data-root", "x"])
     assert args.subset_size == 1000 and se.parse_args(["--setup", "ucf101", "--data-root", "x"]).subset_size == 0
+
+
+def test_table_4_2_granularities_vault_floor_and_gym288(tmp_path):
+    """App. B.2.3: Vault, 6 actions, 1.0k train / 0.5k test; Floor 35 actions, 5.3k / 2.2k (labels 0..5 and
+    6..40 of Gym99, as SEVERE's gym_event_*.py); Gym288, long-tailed, from its own lists (not shipped: a file
+    in the official '<name>.avi <label>' format)."""
+    for name, classes, train_n, test_n in (("gym_vault", 6, 1074, 446), ("gym_floor", 35, 5385, 2226)):
+        train, test = se.setup_samples(name, "train", ANN), se.setup_samples(name, "test", ANN)
+        assert (len(train), len(test)) == (train_n, test_n), name
+        assert {y for _, y in train} == {y for _, y in test} == set(range(classes)), name
+        assert se.SETUPS[name].num_classes == classes and se.SETUPS[name].metric == "mean_class_acc"
+    gym99 = dict(se.setup_samples("gym99", "train", ANN))
+    assert all(gym99[p] == y + 6 for p, y in se.setup_samples("gym_floor", "train", ANN))
+    (tmp_path / "finegym").mkdir()
+    (tmp_path / "finegym" / "gym288_train.txt").write_text("a_E_1.avi 0\nb_E_2.avi 287\nc_E_3.avi 150\n")
+    (tmp_path / "finegym" / "gym288_val.txt").write_text("d_E_4.avi 287\n")
+    assert se.setup_samples("gym288", "train", str(tmp_path)) == [("a_E_1.avi", 0), ("b_E_2.avi", 287),
+                                                                 ("c_E_3.avi", 150)]
+    (tmp_path / "finegym" / "gym288_val.txt").write_text("d_E_4.avi 288\n")
+    with pytest.raises(se.AnnotationError, match="gym288_val.txt:1: unknown class 288"):
+        se.setup_samples("gym288", "test", str(tmp_path))
