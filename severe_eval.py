@@ -440,6 +440,7 @@ SETUPS = {s.name: s for s in (
           video_fps=0.0, views=("resized", 1, 128, False)),  # no augmentation (App. B.2.4)
 )}
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
+DATASETS = tuple(dict.fromkeys(s.dataset for s in SETUPS.values()))  # --dataset-root names
 
 
 def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=None, subset_size=None):
@@ -1767,6 +1768,7 @@ def method_presets():
 SYNTHETIC_PRESET = dict(epochs=2, batch_size=4, clip_len=8, crop_size=64, num_test_clips=2, workers=2, short_side=128,
                         milestones=[1], print_freq=5)
 PRESETS = setup_presets() + method_presets() + [("synthetic (no --data-root)", lambda a: a.data_root is None and not
+                              a.dataset_root and not
                               (a.summary or a.print_split), SYNTHETIC_PRESET)]
 
 
@@ -1796,6 +1798,10 @@ def parse_args(argv=None):
     g.add_argument("--init", default="pretrained", choices=["pretrained", "scratch"])
     g.add_argument("--name", default=None, help="row label in --summary tables (default: the checkpoint path)")
     g.add_argument("--ann-root", default=None, help="annotation files; default: inside --data-root")
+    g.add_argument("--dataset-root", nargs="+", default=[], metavar="DATASET=DIR",
+                   help="the videos of each dataset, for --setup all over datasets stored apart (e.g. "
+                        "--dataset-root ssv2=/data/ssv2 gym99=/data/finegym); datasets: "
+                        + ", ".join(DATASETS) + ". A setup whose dataset has none uses --data-root")
     g.add_argument("--subset-seed", type=int, default=99999, help="seed of the 1,000-sample subsets (SEVERE's)")
     g.add_argument("--subset-size", type=int, default=0, metavar="N",
                    help="train on N videos drawn as SEVERE's 10^3 subsets, the same number per class (Fig. 4.3, "
@@ -1846,6 +1852,10 @@ def parse_args(argv=None):
                    help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")
     parser.set_defaults(clip_len=32, crop_size=112, batch_size=32, epochs=160, lr=1e-4, out_dir="runs/severe")
     args = parse_with_presets(parser, argv, PRESETS)
+    for item in args.dataset_root:
+        name, sep, folder = item.partition("=")
+        if not sep or name not in DATASETS or not folder:
+            parser.error(f"--dataset-root {item!r}: expected DATASET=DIR with DATASET one of {', '.join(DATASETS)}")
     if args.test_spatial_crops < 1:
         parser.error(f"--test-spatial-crops {args.test_spatial_crops} must be at least 1")
     return args
@@ -1929,6 +1939,11 @@ def prepare_setup(args, d, setup_name):
     video lists (missing files left out) and checkpoint layout. `main` prepares every setup of the
     run first, so a missing file of the last setup stops the run before the first one trains."""
     setup = SETUPS[setup_name]
+    roots = dict(item.split("=", 1) for item in args.dataset_root)
+    if args.dataset_root:  # the videos of this setup's dataset
+        args = argparse.Namespace(**{**vars(args), "data_root": roots.get(setup.dataset, args.data_root)})
+        if args.data_root is None:
+            raise SystemExit(f"--setup {setup_name}: no --dataset-root {setup.dataset}=DIR and no --data-root")
     if args.subset_size and setup.task != "recognition" and "subset_size" in args.given_flags:
         raise SystemExit(f"--subset-size: {setup_name} is not a classification setup; subsets are drawn per class")
     fmt = "scratch"

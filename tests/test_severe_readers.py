@@ -352,3 +352,28 @@ def test_table_4_2_granularities_vault_floor_and_gym288(tmp_path):
     (tmp_path / "finegym" / "gym288_val.txt").write_text("d_E_4.avi 288\n")
     with pytest.raises(se.AnnotationError, match="gym288_val.txt:1: unknown class 288"):
         se.setup_samples("gym288", "test", str(tmp_path))
+
+
+def test_setup_all_takes_one_video_root_per_dataset(tmp_path):
+    """--setup all over datasets stored apart: --dataset-root DATASET=DIR per dataset, --data-root for the rest."""
+    ucf_train, ucf_test = se.setup_samples("ucf101", "train", ANN)[0][0], se.setup_samples("ucf101", "test", ANN)[0][0]
+    hmdb_train = se.setup_samples("hmdb51", "train", ANN)[0][0]
+    hmdb_test = se.setup_samples("hmdb51", "test", ANN)[0][0]
+    for root, names in ((tmp_path / "ucf", (ucf_train, ucf_test)), (tmp_path / "hmdb", (hmdb_train, hmdb_test))):
+        for name in names:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(b"")
+    args = se.parse_args(["--dataset-root", f"ucf101={tmp_path / 'ucf'}", "--data-root", str(tmp_path / "hmdb"),
+                          "--ann-root", ANN, "--setup", "ucf101"])
+    args.run_setups = ["ucf101", "hmdb51"]
+    d = se.Dist("cpu")
+    ucf, hmdb = (se.prepare_setup(args, d, name) for name in ("ucf101", "hmdb51"))
+    assert ucf["data"][0] == [(str(tmp_path / "ucf" / ucf_train), se.setup_samples("ucf101", "train", ANN)[0][1])]
+    assert hmdb["data"][1][0][0] == str(tmp_path / "hmdb" / hmdb_test)
+    assert ucf["args"].epochs == 200  # the from-scratch preset of SEVERE's configs, not the synthetic one
+    only = se.parse_args(["--dataset-root", f"ucf101={tmp_path / 'ucf'}", "--ann-root", ANN, "--setup", "hmdb51"])
+    only.run_setups = ["hmdb51"]
+    with pytest.raises(SystemExit, match="no --dataset-root hmdb51=DIR and no --data-root"):
+        se.prepare_setup(only, d, "hmdb51")
+    with pytest.raises(SystemExit):
+        se.parse_args(["--dataset-root", "finegym=/x"])
