@@ -331,8 +331,9 @@ def frame_labels(actions, num_frames, fps):
 
 # ---- low-shot subsets (Sec 4.4, App. B.2.2) ----
 
-def low_shot_subset(samples, num_classes=None, total=1000, seed=99999):
-    """The SEVERE 10^3 subset of `samples` [(path, label)]: ceil(total / num_classes) videos per class.
+def low_shot_subset(samples, num_classes=None, total=1000, seed=99999, fraction=None):
+    """The SEVERE 10^3 subset of `samples` [(path, label)]: ceil(total / num_classes) videos per class;
+    with `fraction` instead round(fraction x n_c), at least one, of each class's n_c (SSv2-Sub).
 
     One np.random.RandomState(seed) walks the classes in ascending label order and draws
     choice(n_c, k, replace=False) positions among that class's videos in list order (a permutation of
@@ -347,6 +348,8 @@ def low_shot_subset(samples, num_classes=None, total=1000, seed=99999):
     subset = []
     for c in present:
         members = np.flatnonzero(labels == c)
+        if fraction is not None:
+            k = max(1, int(round(fraction * len(members))))
         picks = rng.choice(len(members), min(k, len(members)), replace=False)
         subset.extend(samples[i] for i in members[picks])
     return subset
@@ -381,6 +384,7 @@ class Setup:
     finetune: Schedule             # Table C.4 (App. B.2 for UCF101 / HMDB51 / arrow of time)
     linear: Optional[Schedule]     # Table B.2; None where the thesis gives no linear protocol
     subset_size: Optional[int] = None       # low-shot training subset (Sec 4.4): total videos asked for
+    subset_fraction: Optional[float] = None  # or this fraction of every class (SSv2-Sub, App. C.4)
     label_range: Optional[Tuple[int, int]] = None  # Gym99 within-set subset: [first, last + 1)
     clip_stride: int = 1                    # native frames between sampled frames where video_fps is 0
     clip_len: int = 32                      # frames per clip (App. C.4; arrow of time: 8, Table 4.3)
@@ -416,6 +420,9 @@ LINEAR_CLIP_LEN = 16  # SEVERE's linear configs: clip_duration 1.0 at 16 fps
 SETUPS = {s.name: s for s in (
     Setup("ssv2", "SS-v2", "ssv2", "recognition", 174, "top1", *_SSV2_FILES, _FT_SSV2, _LIN_SSV2),
     Setup("gym99", "Gym-99", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM),
+    # the Ch. 5 ablations' SSv2 (Tables 5.2-5.5, C.7): 25% of the training set spanning all classes
+    Setup("ssv2_sub", "SSv2-Sub", "ssv2", "recognition", 174, "top1", *_SSV2_FILES, _FT_SSV2, _LIN_SSV2,
+          subset_fraction=0.25),
     Setup("ucf_1000", "UCF (10^3)", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF,
           subset_size=1000),
     Setup("gym99_1000", "Gym-99 (10^3)", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM,
@@ -489,6 +496,8 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
     subset_size = s.subset_size if subset_size is None else subset_size
     if subset_size and split == "train":
         samples = low_shot_subset(samples, s.num_classes, subset_size, subset_seed)
+    elif s.subset_fraction and split == "train":
+        samples = low_shot_subset(samples, s.num_classes, seed=subset_seed, fraction=s.subset_fraction)
     if s.task == "aot":
         samples = [(path, direction) for path, _ in samples for direction in (0, 1)]
     return samples

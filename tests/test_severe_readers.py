@@ -272,7 +272,7 @@ def test_missing_files_name_the_path(tmp_path):
 def test_setups_match_tables():
     assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
     assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot", "gym_vault", "gym_floor",
-                                                      "gym288"}
+                                                      "gym288", "ssv2_sub"}
     S = se.SETUPS
     # SEVERE's yaml files in one-clip-per-video epochs (x 10 clips, SSv2 x 2; Table C.4's text differs, README)
     severe_configs = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
@@ -291,7 +291,7 @@ def test_setups_match_tables():
     metrics = {"ssv2": "top1", "gym99": "top1", "ucf_1000": "top1", "gym99_1000": "top1", "fx_s1": "mean_class_acc",
                "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
                "hmdb51": "top1", "ucf_aot": "top1", "gym_vault": "mean_class_acc", "gym_floor": "mean_class_acc",
-               "gym288": "mean_class_acc"}
+               "gym288": "mean_class_acc", "ssv2_sub": "top1"}
     assert {n: s.metric for n, s in S.items()} == metrics
     assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
         "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
@@ -377,3 +377,27 @@ def test_setup_all_takes_one_video_root_per_dataset(tmp_path):
         se.prepare_setup(only, d, "hmdb51")
     with pytest.raises(SystemExit):
         se.parse_args(["--dataset-root", "finegym=/x"])
+
+
+def test_ssv2_sub_is_a_quarter_of_every_class_and_the_full_validation_set(tmp_path):
+    """App. C.4: "we randomly sample 25% of the data from the whole train set and spanning all categories";
+    the training json is not shipped, so the test writes one in the official format."""
+    import json
+    import shutil
+    (tmp_path / "ssv2").mkdir()
+    for name in ("labels", "validation"):
+        shutil.copy(os.path.join(ANN, "ssv2", f"something-something-v2-{name}.json"), tmp_path / "ssv2")
+    labels = json.load(open(os.path.join(ANN, "ssv2", "something-something-v2-labels.json")))
+    entries, n_of = [], {}
+    for template, index in labels.items():
+        n_of[int(index)] = 4 + int(index) % 9
+        entries += [dict(id=f"{index}{k:03d}", label=template, template=template, placeholders=[])
+                    for k in range(n_of[int(index)])]
+    (tmp_path / "ssv2" / "something-something-v2-train.json").write_text(json.dumps(entries))
+    sub = se.setup_samples("ssv2_sub", "train", str(tmp_path))
+    counts = np.bincount([y for _, y in sub], minlength=174)
+    assert all(counts[c] == max(1, round(0.25 * n)) for c, n in n_of.items())  # every class, a quarter of it
+    assert sub == se.setup_samples("ssv2_sub", "train", str(tmp_path))  # fixed by --subset-seed
+    assert sub != se.setup_samples("ssv2_sub", "train", str(tmp_path), subset_seed=1)
+    assert set(sub) <= set(se.setup_samples("ssv2", "train", str(tmp_path)))
+    assert se.setup_samples("ssv2_sub", "test", str(tmp_path)) == se.setup_samples("ssv2", "test", ANN)
