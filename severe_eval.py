@@ -41,6 +41,7 @@ from torch import nn
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
 from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, grad_scaler, optimizer_step,
                            parse_with_presets, resume_training, save_epoch, seed_everything, unwrap)
+from common.skeleton import ntu_split, parse_ntu_name
 from common.synthetic import synthetic_video_dataset, write_mp4
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
                           frame_rate, read_clip, read_video_list)
@@ -213,6 +214,25 @@ def read_gym99_split(list_path, label_range=None, num_classes=99):
             samples.append((video, label))
         elif label in label_range:
             samples.append((video, label - label_range[0]))
+    return samples
+
+
+# ---- NTU-60 RGB (Table 4.1): the cross-subject split from the video names ----
+
+def read_ntu60_rgb(video_root, split="train"):
+    """[('S...A..._rgb.avi', action - 1)] of the NTU-60 videos in `video_root` (one folder, the released
+    nturgb+d_rgb layout) on the cross-subject split ('train' / 'test'), sorted by name. NTU-120's extra
+    setups (18-32) and actions (61-120) are left out, so a folder of both serves."""
+    if video_root is None or not os.path.isdir(video_root):
+        raise FileNotFoundError(f"NTU-60: the split comes from the video names; no video folder {video_root}")
+    samples = []
+    for name in sorted(os.listdir(video_root)):
+        if not name.endswith("_rgb.avi"):
+            continue
+        ids = parse_ntu_name(name)
+        if ids["setup"] <= 17 and ids["action"] <= 60 and ntu_split(name, "xsub") == ("train" if split == "train"
+                                                                                     else "val"):
+            samples.append((name, ids["action"] - 1))
     return samples
 
 
@@ -412,7 +432,9 @@ _FT_UCF_RC = Schedule(5e-5, 100, (), 32, weight_decay=1e-3)  # Adam weight decay
 _FT_CHARADES = Schedule(0.0375, 57, (41, 49), 16, gamma=0.1, optimizer="sgd", weight_decay=1e-4,
                         warmup_epochs=4.0, warmup_lr=1e-4)
 _FT_AOT = Schedule(1e-5, 10, (), 12)                          # App. B.2.4: no scheduler, no augmentation
+_FT_NTU = Schedule(1e-4, 180, (90, 140, 160), 64)             # SEVERE's ntu60 config: 18 epochs [9, 14, 16]
 _LIN_UCF = Schedule(0.01, 100, (40, 80), 128)                 # SEVERE's linear config: 10 epochs [4, 8, 10]
+_LIN_NTU = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2
 _LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2 (SEVERE has no config for these)
 _LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64, gamma=0.1)
 LINEAR_CLIP_LEN = 16  # SEVERE's linear configs: clip_duration 1.0 at 16 fps
@@ -442,6 +464,8 @@ SETUPS = {s.name: s for s in (
           _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
           views=("jitter", 3, 340, False)),  # TRAIN_JITTER_SCALES [256, 340], NUM_SPATIAL_CROPS 3, no colour jitter
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
+    Setup("ntu60", "NTU-60", "ntu60", "recognition", 60, "top1", (), (), _FT_NTU, _LIN_NTU,  # Table 4.1
+          clip_len=16),  # SEVERE's config: clip_duration 1.0 at 16 fps
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
     Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8,
           video_fps=0.0, views=("resized", 1, 128, False)),  # no augmentation (App. B.2.4)
@@ -481,6 +505,8 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
                                    if s.dataset == "gym288" else 99)
     elif s.dataset == "ucfrep":
         samples = [(v.path, v.boundaries) for v in read_ucfrep_split(files[0], "train" if split == "train" else "val")]
+    elif s.dataset == "ntu60":
+        samples = read_ntu60_rgb(video_root or ann_root, split)  # --print-split: the folder given
     elif s.dataset == "charades":
         samples = [(v.path, v.actions) for v in read_charades_csv(files[0])]
     else:

@@ -272,7 +272,7 @@ def test_missing_files_name_the_path(tmp_path):
 def test_setups_match_tables():
     assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
     assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot", "gym_vault", "gym_floor",
-                                                      "gym288", "ssv2_sub"}
+                                                      "gym288", "ssv2_sub", "ntu60"}
     S = se.SETUPS
     # SEVERE's yaml files in one-clip-per-video epochs (x 10 clips, SSv2 x 2; Table C.4's text differs, README)
     severe_configs = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
@@ -291,7 +291,7 @@ def test_setups_match_tables():
     metrics = {"ssv2": "top1", "gym99": "top1", "ucf_1000": "top1", "gym99_1000": "top1", "fx_s1": "mean_class_acc",
                "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
                "hmdb51": "top1", "ucf_aot": "top1", "gym_vault": "mean_class_acc", "gym_floor": "mean_class_acc",
-               "gym288": "mean_class_acc", "ssv2_sub": "top1"}
+               "gym288": "mean_class_acc", "ssv2_sub": "top1", "ntu60": "top1"}
     assert {n: s.metric for n, s in S.items()} == metrics
     assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
         "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
@@ -401,3 +401,20 @@ def test_ssv2_sub_is_a_quarter_of_every_class_and_the_full_validation_set(tmp_pa
     assert sub != se.setup_samples("ssv2_sub", "train", str(tmp_path), subset_seed=1)
     assert set(sub) <= set(se.setup_samples("ssv2", "train", str(tmp_path)))
     assert se.setup_samples("ssv2_sub", "test", str(tmp_path)) == se.setup_samples("ssv2", "test", ANN)
+
+
+def test_ntu60_rgb_cross_subject_split_from_the_video_names(tmp_path):
+    """Table 4.1's NTU-60: the released nturgb+d_rgb folder, names SsssCcccPpppRrrrAaaa_rgb.avi; cross-subject
+    training subjects 1, 2, 4, 5, 8, ...; NTU-120's setups > 17 and actions > 60 are not NTU-60."""
+    names = ["S001C001P001R001A001_rgb.avi", "S001C002P003R002A060_rgb.avi", "S017C003P002R001A010_rgb.avi",
+             "S018C001P001R001A001_rgb.avi", "S001C001P001R001A061_rgb.avi", "S001C001P001R001A001.skeleton"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    train = se.setup_samples("ntu60", "train", str(tmp_path), video_root=str(tmp_path))
+    test = se.setup_samples("ntu60", "test", str(tmp_path), video_root=str(tmp_path))
+    assert train == [("S001C001P001R001A001_rgb.avi", 0), ("S017C003P002R001A010_rgb.avi", 9)]
+    assert test == [("S001C002P003R002A060_rgb.avi", 59)]  # subject 3 is a test subject
+    args = se.parse_args(["--setup", "ntu60", "--data-root", str(tmp_path), "--checkpoint", "c"])
+    assert (args.clip_len, args.epochs, args.milestones, args.batch_size) == (16, 180, [90, 140, 160], 64)
+    with pytest.raises(FileNotFoundError, match="NTU-60: the split comes from the video names"):
+        se.setup_samples("ntu60", "train", str(tmp_path / "nowhere"))
