@@ -44,7 +44,7 @@ from common.engine import (Dist, Progress, add_common_args, apply_presets, autoc
 from common.skeleton import ntu_split, parse_ntu_name
 from common.synthetic import synthetic_video_dataset, write_mp4
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
-                          frame_rate, read_clip, read_video_list)
+                          frame_rate, read_clip, read_kinetics_csv, read_video_list)
 
 # ============ downstream setups and their annotation files (Table 4.4, App. B) ============
 #
@@ -401,7 +401,7 @@ class Setup:
     metric: str                    # top1 | mean_class_acc | mean_count_error | map
     train_files: Tuple[str, ...]   # relative to --ann-root ('*' = one file per class)
     test_files: Tuple[str, ...]
-    finetune: Schedule             # Table C.4 (App. B.2 for UCF101 / HMDB51 / arrow of time)
+    finetune: Optional[Schedule]   # SEVERE's configs (Tables B.2, C.4); None: linear evaluation only (K-400)
     linear: Optional[Schedule]     # Table B.2; None where the thesis gives no linear protocol
     subset_size: Optional[int] = None       # low-shot training subset (Sec 4.4): total videos asked for
     subset_fraction: Optional[float] = None  # or this fraction of every class (SSv2-Sub, App. C.4)
@@ -435,6 +435,7 @@ _FT_AOT = Schedule(1e-5, 10, (), 12)                          # App. B.2.4: no s
 _FT_NTU = Schedule(1e-4, 180, (90, 140, 160), 64)             # SEVERE's ntu60 config: 18 epochs [9, 14, 16]
 _LIN_UCF = Schedule(0.01, 100, (40, 80), 128)                 # SEVERE's linear config: 10 epochs [4, 8, 10]
 _LIN_NTU = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2
+_LIN_K400 = Schedule(0.01, 40, (10, 20, 30), 64)              # SEVERE's kinetics linear config (1 clip/video)
 _LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2 (SEVERE has no config for these)
 _LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64, gamma=0.1)
 LINEAR_CLIP_LEN = 16  # SEVERE's linear configs: clip_duration 1.0 at 16 fps
@@ -464,6 +465,8 @@ SETUPS = {s.name: s for s in (
           _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
           views=("jitter", 3, 340, False)),  # TRAIN_JITTER_SCALES [256, 340], NUM_SPATIAL_CROPS 3, no colour jitter
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
+    Setup("k400", "Kinetics-400", "kinetics", "recognition", 400, "top1", ("kinetics400/train.csv",),
+          ("kinetics400/validate.csv",), None, _LIN_K400),  # Table 4.1's linear evaluation
     Setup("ntu60", "NTU-60", "ntu60", "recognition", 60, "top1", (), (), _FT_NTU, _LIN_NTU,  # Table 4.1
           clip_len=16),  # SEVERE's config: clip_duration 1.0 at 16 fps
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
@@ -505,6 +508,11 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
                                    if s.dataset == "gym288" else 99)
     elif s.dataset == "ucfrep":
         samples = [(v.path, v.boundaries) for v in read_ucfrep_split(files[0], "train" if split == "train" else "val")]
+    elif s.dataset == "kinetics":  # the official CSVs; videos in DATA_ROOT[/train or /val]/[<label>/]
+        root = video_root or ann_root
+        split_dir = next((d for d in (("train",) if split == "train" else ("val", "validate"))
+                          if os.path.isdir(os.path.join(root, d))), None)
+        samples = read_kinetics_csv(files[0], root, split_dir)[0]
     elif s.dataset == "ntu60":
         samples = read_ntu60_rgb(video_root or ann_root, split)  # --print-split: the folder given
     elif s.dataset == "charades":
@@ -1264,7 +1272,8 @@ def summarize(results, setups=SEVERE_ORDER):
     with one decimal, the UCF-RC error with three; a missing value, mean or rank prints as '–'."""
     table = summary_rows(results, setups)
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
-    lines = ["| " + " | ".join(["Checkpoint"] + [SEVERE_HEADERS.get(s, SETUPS[s].title if s in SETUPS else s) for s in setups] + ["Mean", "Rank↓"]) + " |",
+    headers = [SEVERE_HEADERS.get(s, SETUPS[s].title if s in SETUPS else s) for s in setups]
+    lines = ["| " + " | ".join(["Checkpoint"] + headers + ["Mean", "Rank↓"]) + " |",
              "|" + "---|" + "---:|" * (len(setups) + 2)]
     for row in table:
         cells = [row["name"].replace("|", "\\|")]
@@ -1766,6 +1775,8 @@ def setup_presets():
     for name, s in SETUPS.items():
         for protocol in ("finetune", "linear"):
             sched = s.finetune if protocol == "finetune" else (s.linear or SETUPS["ucf101"].linear)
+            if sched is None:
+                continue
             presets.append((f"--setup {name} --protocol {protocol}",
                             lambda a, name=name, protocol=protocol: a.setup == name and a.protocol == protocol,
                             dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size,
@@ -1900,6 +1911,8 @@ def schedule(args, setup):
     """The setup's Schedule (Table C.4 for finetuning, Table B.2 for the linear probe) with the
     values of --epochs, --lr, --milestones, --batch-size, --weight-decay (its preset, or given)."""
     base = setup.finetune if args.protocol == "finetune" else setup.linear
+    if base is None and args.protocol == "finetune":
+        raise SystemExit(f"--setup {setup.name}: Table B.2 evaluates it linearly only; add --protocol linear")
     if base is None:  # Table B.2 has no linear protocol for this setup: UCF101's (the preset's)
         base = SETUPS["ucf101"].linear
         print(f"{setup.name}: the thesis gives no linear protocol; using UCF101's of Table B.2 ({base})")

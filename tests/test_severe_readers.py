@@ -272,7 +272,7 @@ def test_missing_files_name_the_path(tmp_path):
 def test_setups_match_tables():
     assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
     assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot", "gym_vault", "gym_floor",
-                                                      "gym288", "ssv2_sub", "ntu60"}
+                                                      "gym288", "ssv2_sub", "ntu60", "k400"}
     S = se.SETUPS
     # SEVERE's yaml files in one-clip-per-video epochs (x 10 clips, SSv2 x 2; Table C.4's text differs, README)
     severe_configs = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
@@ -291,14 +291,14 @@ def test_setups_match_tables():
     metrics = {"ssv2": "top1", "gym99": "top1", "ucf_1000": "top1", "gym99_1000": "top1", "fx_s1": "mean_class_acc",
                "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
                "hmdb51": "top1", "ucf_aot": "top1", "gym_vault": "mean_class_acc", "gym_floor": "mean_class_acc",
-               "gym288": "mean_class_acc", "ssv2_sub": "top1", "ntu60": "top1"}
+               "gym288": "mean_class_acc", "ssv2_sub": "top1", "ntu60": "top1", "k400": "top1"}
     assert {n: s.metric for n, s in S.items()} == metrics
     assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
         "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
     assert (S["ucf_aot"].num_classes, S["charades"].num_classes, S["ssv2"].num_classes) == (2, 157, 174)
     for s in S.values():  # every annotation file a setup names exists or is one of the two not shipped
         for rel in s.train_files + s.test_files:
-            if not rel.startswith(("charades/", "ssv2/something-something-v2-train", "finegym/gym288")):
+            if not rel.startswith(("charades/", "ssv2/something-something-v2-train", "finegym/gym288", "kinetics400/")):
                 assert os.path.exists(os.path.join(ANN, rel.replace("*", "brush_hair"))), rel
 
 
@@ -418,3 +418,27 @@ def test_ntu60_rgb_cross_subject_split_from_the_video_names(tmp_path):
     assert (args.clip_len, args.epochs, args.milestones, args.batch_size) == (16, 180, [90, 140, 160], 64)
     with pytest.raises(FileNotFoundError, match="NTU-60: the split comes from the video names"):
         se.setup_samples("ntu60", "train", str(tmp_path / "nowhere"))
+
+
+def test_kinetics_400_linear_evaluation_setup(tmp_path):
+    """Table 4.1's K-400 linear evaluation on the official CSVs ('label,youtube_id,time_start,time_end,split');
+    Table B.2 has no finetuning protocol for it, so --protocol finetune is refused."""
+    ann = tmp_path / "ann" / "kinetics400"
+    ann.mkdir(parents=True)
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "train.csv").write_text(header + "abseiling,aaa,10,20,train\nzumba,bbb,0,10,train\n"
+                                   "abseiling,ccc,5,15,train\n")  # ccc: deleted from YouTube, not on disk
+    (ann / "validate.csv").write_text(header + "zumba,ddd,3,13,validate\nabseiling,eee,0,10,validate\n")
+    videos = tmp_path / "videos"
+    for split, label, name in (("train", "abseiling", "aaa_000010_000020"), ("train", "zumba", "bbb_000000_000010"),
+                               ("val", "zumba", "ddd_000003_000013"), ("val", "abseiling", "eee_000000_000010")):
+        (videos / split / label).mkdir(parents=True, exist_ok=True)
+        (videos / split / label / f"{name}.mp4").write_bytes(b"")
+    train = se.setup_samples("k400", "train", str(tmp_path / "ann"), video_root=str(videos))
+    test = se.setup_samples("k400", "test", str(tmp_path / "ann"), video_root=str(videos))
+    assert [(os.path.basename(p), y) for p, y in train] == [("aaa_000010_000020.mp4", 0), ("bbb_000000_000010.mp4", 1)]
+    assert [(os.path.basename(p), y) for p, y in test] == [("ddd_000003_000013.mp4", 1), ("eee_000000_000010.mp4", 0)]
+    linear = se.parse_args(["--setup", "k400", "--protocol", "linear", "--data-root", "x", "--checkpoint", "c"])
+    assert (linear.epochs, linear.milestones, linear.batch_size, linear.clip_len) == (40, [10, 20, 30], 64, 16)
+    with pytest.raises(SystemExit, match="linearly only; add --protocol linear"):
+        se.schedule(se.parse_args(["--setup", "k400", "--data-root", "x"]), se.SETUPS["k400"])
