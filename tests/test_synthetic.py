@@ -81,6 +81,23 @@ def test_classes_differ_by_motion(dataset):
         assert abs(dx) < 1 and abs(dy) < 1
 
 
+def test_appearance_does_not_tell_the_classes_apart(dataset):
+    """The Table 5.2 miniature rests on classes that only motion separates: the first frame's colours
+    (mean and 8-bin histograms per channel) find a video of the same class, leave-one-out 1-NN over
+    the 32 videos, no better than chance (3 / 31)."""
+    samples = samples_of(dataset)["train"] + samples_of(dataset)["val"]
+    features, labels = [], []
+    for path, label in samples:
+        frame = read_clip(path, [0])[0].astype(np.float32)
+        hist = [np.histogram(frame[..., c], bins=8, range=(0, 256))[0] / frame[..., c].size for c in range(3)]
+        features.append(np.concatenate([frame.mean((0, 1)) / 255, *hist]))
+        labels.append(label)
+    features, labels = np.array(features), np.array(labels)
+    distances = ((features[:, None] - features[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    assert (labels[distances.argmin(1)] == labels).mean() < 0.2
+
+
 def test_same_seed_same_videos(tmp_path):
     small = dict(num_classes=3, videos_per_class=2, num_frames=8, size=(32, 48))
     runs = [synthetic_video_dataset(tmp_path / name, **small, seed=seed)
