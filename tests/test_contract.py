@@ -44,7 +44,8 @@ TRIGGERS = {
                                                      for extra in ([], ["--data-root", "x"])],
     distill_modality: [[], ["--target", "skeleton"], ["--data-root", "x"], ["--target", "skeleton", "--data-root", "x"]],
     severe_eval: [["--setup", s, "--protocol", p] + extra for s in severe_eval.SETUPS for p in ("finetune", "linear")
-                  for extra in ([], ["--data-root", "x"])],
+                  for extra in ([], ["--data-root", "x"])
+                  if p == "linear" or severe_eval.SETUPS[s].finetune is not None],  # k400: linear only
 }
 CHOICES = dict(granularity={"combined": "video2clip"},
                bn={"shuffle": "sync", "sync": "shuffle"},
