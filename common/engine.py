@@ -118,8 +118,12 @@ def _flag(dest):
 
 
 def _describe(values):
-    return " ".join(f"{_flag(k)} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                    for k, v in values.items())
+    """The values as command-line flags; a boolean as its BooleanOptionalAction form, --x / --no-x."""
+    def one(k, v):
+        if isinstance(v, bool):
+            return _flag(k) if v else "--no-" + k.replace("_", "-")
+        return f"{_flag(k)} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+    return " ".join(one(k, v) for k, v in values.items())
 
 
 # ============ distributed setup ============

@@ -337,3 +337,14 @@ def test_severe_test_views_keep_their_clip_axis_with_one_test_clip():
     test = severe_eval.Clips(OneVideo(), [3], crop_size=16, train=False)
     train = severe_eval.Clips(OneVideo(), [3], crop_size=16, train=True)
     assert test[0][0].shape == (1, 4, 3, 16, 16) and train[0][0].shape == (4, 3, 16, 16)
+
+
+def test_preset_lines_print_booleans_as_flags_a_user_can_type():
+    """The Charades preset turns colour jitter off: its line must read --no-colour-jitter, not
+    '--colour-jitter False', so that it can be copied onto a command line."""
+    line = next(p for p in severe_eval.parse_args(["--setup", "charades", "--data-root", "x"]).presets
+                if p.startswith("preset --setup charades"))
+    assert "--no-colour-jitter" in line and "False" not in line
+    ucf = next(p for p in severe_eval.parse_args(["--setup", "ucf101", "--data-root", "x"]).presets
+               if p.startswith("preset --setup ucf101"))
+    assert "--colour-jitter " in ucf + " " and "True" not in ucf
