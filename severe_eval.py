@@ -1994,14 +1994,15 @@ def prepare_setup(args, d, setup_name):
             raise SystemExit(f"--setup {setup_name}: no --dataset-root {setup.dataset}=DIR and no --data-root")
     if args.subset_size and setup.task != "recognition" and "subset_size" in args.given_flags:
         raise SystemExit(f"--subset-size: {setup_name} is not a classification setup; subsets are drawn per class")
-    fmt = "scratch"
+    fmt, variant = "scratch", backbone_variant("scratch")
     if args.init == "pretrained" and args.checkpoint:  # the layout decides the network (TCLR's layer4)
         if not os.path.isfile(args.checkpoint):
             raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
-        fmt = args.format if args.format != "auto" else guess_format(read_checkpoint(args.checkpoint))
-    variant = backbone_variant(fmt)
-    if fmt in ("ours", "supervised"):  # torchvision keys: build the network the file holds
-        variant = torchvision_architecture(convert_checkpoint(read_checkpoint(args.checkpoint), fmt))
+        raw = read_checkpoint(args.checkpoint) if args.format in ("auto", "ours", "supervised") else None
+        fmt = args.format if args.format != "auto" else guess_format(raw)
+        variant = backbone_variant(fmt)
+        if fmt in ("ours", "supervised"):  # torchvision keys: build the network the file holds
+            variant = torchvision_architecture(convert_checkpoint(raw, fmt))
     # the layout the run used (--format auto resolved): per-method presets, checkpoint and results
     args = apply_presets(argparse.Namespace(**{**vars(args), "setup": setup_name,
                                                "format": args.format if fmt == "scratch" else fmt}), PRESETS)
