@@ -864,14 +864,11 @@ def input_normalization(fmt, setup, how="severe"):
     and on Charades SlowFast's 0.45 / 0.225 in BGR order for every method. pretraining: as each was pretrained
     (torchvision's and from scratch with the Kinetics statistics). This repository's checkpoints ("ours")
     were pretrained with the Kinetics statistics and get them in both."""
-    if fmt == "ours":
+    if fmt == "ours" or (how == "pretraining" and fmt in ("supervised", "scratch")):
         return INPUT_NORMALIZATION["kinetics"]
-    if how == "severe":
-        if setup.task == "multilabel":
-            return INPUT_NORMALIZATION["slowfast"]
-        return INPUT_NORMALIZATION["tclr" if fmt == "tclr" else "imagenet"]
-    return INPUT_NORMALIZATION["kinetics" if fmt in ("supervised", "scratch") else
-                               "tclr" if fmt == "tclr" else "imagenet"]
+    if how == "severe" and setup.task == "multilabel":
+        return INPUT_NORMALIZATION["slowfast"]
+    return INPUT_NORMALIZATION["tclr" if fmt == "tclr" else "imagenet"]
 
 
 def to_input(clips, device, train, norm=INPUT_NORMALIZATION["kinetics"], hue=0.0):
