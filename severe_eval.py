@@ -410,7 +410,10 @@ class Setup:
     clip_len: int = 32                      # frames per clip (App. C.4; arrow of time: 8, Table 4.3)
     video_fps: float = 16.0                 # SEVERE's configs: 32 frames resampled to 16 fps = 2 s; 0 = native
     dropout: float = 0.0                    # before the head; SEVERE's heads are bare linear but Charades's
-    views: Tuple = ("resized", 1, 128, True)  # training crop, test spatial crops, decoded short side, colour jitter
+    train_crop: str = "resized"             # SEVERE's RandomResizedCrop; Charades: SlowFast's short-side jitter
+    test_spatial_crops: int = 1             # Charades: SlowFast's 3
+    short_side: int = 128                   # frames decoded at this short side (Charades: 340)
+    colour_jitter: bool = True              # off for Charades (SlowFast has none) and the arrow of time
 
 
 _UCF_FILES = ("ucf101/classInd.txt", "ucf101/trainlist01.txt"), ("ucf101/classInd.txt", "ucf101/testlist01.txt")
@@ -463,7 +466,7 @@ SETUPS = {s.name: s for s in (
     Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
           _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
-          views=("jitter", 3, 340, False)),  # TRAIN_JITTER_SCALES [256, 340], NUM_SPATIAL_CROPS 3, no colour jitter
+          train_crop="jitter", test_spatial_crops=3, short_side=340, colour_jitter=False),  # TRAIN_JITTER_SCALES
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("k400", "Kinetics-400", "kinetics", "recognition", 400, "top1", ("kinetics400/train.csv",),
           ("kinetics400/validate.csv",), None, _LIN_K400),  # Table 4.1's linear evaluation
@@ -471,7 +474,7 @@ SETUPS = {s.name: s for s in (
           clip_len=16),  # SEVERE's config: clip_duration 1.0 at 16 fps
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
     Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8,
-          video_fps=0.0, views=("resized", 1, 128, False)),  # no augmentation (App. B.2.4)
+          video_fps=0.0, colour_jitter=False),  # no augmentation (App. B.2.4)
 )}
 SEVERE_SETUPS = ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")  # Table 4.4
 DATASETS = tuple(dict.fromkeys(s.dataset for s in SETUPS.values()))  # --dataset-root names
@@ -1780,8 +1783,8 @@ def setup_presets():
                                  weight_decay=sched.weight_decay, milestones=list(sched.milestones),
                                  gamma=sched.gamma, video_fps=s.video_fps, dropout=s.dropout,
                                  subset_size=s.subset_size or 0,
-                                 **dict(zip(("train_crop", "test_spatial_crops", "short_side", "colour_jitter"),
-                                            s.views)),
+                                 train_crop=s.train_crop, test_spatial_crops=s.test_spatial_crops,
+                                 short_side=s.short_side, colour_jitter=s.colour_jitter,
                                  clip_len=LINEAR_CLIP_LEN if protocol == "linear" and s.task == "recognition"
                                  else s.clip_len)))
     return presets
