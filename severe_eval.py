@@ -49,9 +49,10 @@ from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, cou
 # ============ downstream setups and their annotation files (Table 4.4, App. B) ============
 #
 # Readers of the official annotation files, exactly as the datasets distribute them. Every reader
-# returns samples in file order as (relative video path, label); paths are relative to the video root
-# (--data-root) and follow the folder layout of the released videos. Malformed lines raise
-# AnnotationError naming "file:lineno"; a missing file raises FileNotFoundError naming the path.
+# returns samples in file order as (relative video path, label) (EPIC-Kitchens: + the segment's first
+# and last frame); paths are relative to the video root (--data-root) and follow the folder layout of
+# the released videos. Malformed lines raise AnnotationError naming "file:lineno"; a missing file
+# raises FileNotFoundError naming the path.
 #
 # Layout under --ann-root (the file names are the official ones):
 #   ucf101/{classInd,trainlist01,testlist01}.txt       ucfTrainTestlist, split 1
@@ -60,6 +61,7 @@ from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, cou
 #   finegym/gym99_{train,val}.txt                       FineGym v1.0
 #   ucfrep/ucf526_annotations.zip                       UCFRep (read inside the zip)
 #   charades/Charades_v1_{train,test}.csv               Charades v1
+#   epic_kitchens/EPIC_100_{train,validation}.csv       EPIC-Kitchens-100 (segments of P01/videos/P01_01.MP4)
 
 class AnnotationError(ValueError):
     """A malformed or inconsistent line in an annotation file; the message starts with 'file:lineno'."""
@@ -236,6 +238,38 @@ def read_ntu60_rgb(video_root, split="train"):
     return samples
 
 
+# ---- EPIC-Kitchens-100 (Table 4.1, Table B.4): narrated segments of long recordings ----
+
+EPIC_CLASSES = dict(verb=97, noun=300)
+
+
+def read_epic_kitchens_csv(csv_path, target="verb"):
+    """EPIC_100_{train,validation}.csv -> [(P01/videos/P01_01.MP4, class, first, last)] in file order:
+    the `target` ('verb' or 'noun') class of each narration and its frames in the video (0-based, both
+    included; the CSV's start_frame / stop_frame count from 1). 67,217 / 9,668 rows."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"annotation file not found: {csv_path}")
+    samples = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = {"participant_id", "video_id", "start_frame", "stop_frame", f"{target}_class"}
+        missing = columns - set(reader.fieldnames or ())
+        if missing:
+            raise AnnotationError(f"{csv_path}:1: missing column(s) {sorted(missing)}")
+        for row in reader:
+            where = f"{csv_path}:{reader.line_num}"
+            first, last, label = (_parse_int(csv_path, reader.line_num, row[k] or "", k) for k in
+                                  ("start_frame", "stop_frame", f"{target}_class"))
+            if not 1 <= first <= last:
+                raise AnnotationError(f"{where}: start_frame {first} and stop_frame {last} are not a segment")
+            if not 0 <= label < EPIC_CLASSES[target]:
+                raise AnnotationError(f"{where}: unknown {target} class {label} (EPIC-Kitchens-100 has "
+                                      f"0..{EPIC_CLASSES[target] - 1})")
+            path = f"{row['participant_id']}/videos/{row['video_id']}.MP4"
+            samples.append((path, label, first - 1, last - 1))
+    return samples
+
+
 # ---- UCFRep repetition counting (Zhang et al. 2020; Sec 4.6.1) ----
 
 class RepetitionVideo(NamedTuple):
@@ -361,7 +395,7 @@ def low_shot_subset(samples, num_classes=None, total=1000, seed=99999, fraction=
     not sorted), as SEVERE's get_subset_data. `num_classes` defaults to the number of distinct labels,
     which is what SEVERE divides by. UCF101: k = 10 -> 1,010 videos; Gym99: k = 11 -> 1,089.
     """
-    labels = np.array([label for _, label in samples])
+    labels = np.array([sample[1] for sample in samples])
     present = sorted(set(labels.tolist()))
     k = math.ceil(total / (num_classes or len(present)))
     rng = np.random.RandomState(seed)
@@ -424,6 +458,7 @@ _GYM_FILES = ("finegym/gym99_train.txt",), ("finegym/gym99_val.txt",)
 _GYM288_FILES = ("finegym/gym288_train.txt",), ("finegym/gym288_val.txt",)
 _UCFREP_FILES = ("ucfrep/ucf526_annotations.zip",), ("ucfrep/ucf526_annotations.zip",)
 _CHARADES_FILES = ("charades/Charades_v1_train.csv",), ("charades/Charades_v1_test.csv",)
+_EK_FILES = ("epic_kitchens/EPIC_100_train.csv",), ("epic_kitchens/EPIC_100_validation.csv",)
 
 # SEVERE's configs (action_recognition/configs/benchmark) count an epoch as `clips_per_video` random clips
 # per video (10; SSv2 2); here an epoch is one clip per video, so their epochs and milestones are x 10 (x 2).
@@ -441,6 +476,7 @@ _LIN_NTU = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2
 _LIN_K400 = Schedule(0.01, 40, (10, 20, 30), 64)              # SEVERE's kinetics linear config (1 clip/video)
 _LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2 (SEVERE has no config for these)
 _LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64, gamma=0.1)
+_EK = Schedule(0.0025, 30, (20, 25), 32, gamma=0.1)           # Table B.2, finetuning and linear (no SEVERE config)
 LINEAR_CLIP_LEN = 16  # SEVERE's linear configs: clip_duration 1.0 at 16 fps
 
 SETUPS = {s.name: s for s in (
@@ -467,6 +503,8 @@ SETUPS = {s.name: s for s in (
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
           _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
           train_crop="jitter", test_spatial_crops=3, short_side=340, colour_jitter=False),  # TRAIN_JITTER_SCALES
+    Setup("ek100", "EK-100", "epic_kitchens", "recognition", 97, "top1", *_EK_FILES, _EK, _EK),  # verbs, Table 4.1
+    Setup("ek100_noun", "EK-100 nouns", "epic_kitchens", "recognition", 300, "top1", *_EK_FILES, _EK, _EK),  # B.4
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("k400", "Kinetics-400", "kinetics", "recognition", 400, "top1", ("kinetics400/train.csv",),
           ("kinetics400/validate.csv",), None, _LIN_K400),  # Table 4.1's linear evaluation
@@ -492,7 +530,8 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
 
     Targets: class index (recognition); 0 = forward / 1 = reversed (ucf_aot: every UCF101 video twice,
     forward then reversed); RepetitionVideo boundaries tuple (ucf_rc; count = len - 1); the list of
-    (class, start_s, end_s) actions (charades). The low-shot subset is drawn from the train split only.
+    (class, start_s, end_s) actions (charades). EPIC-Kitchens samples are (path, class, first, last): a
+    segment of the recording (`read_epic_kitchens_csv`). The low-shot subset is drawn from the train split only.
     """
     if setup_name not in SETUPS:
         raise KeyError(f"unknown setup {setup_name!r}; choose from {', '.join(SETUPS)}")
@@ -520,6 +559,8 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
         samples = read_ntu60_rgb(video_root or ann_root, split)  # --print-split: the folder given
     elif s.dataset == "charades":
         samples = [(v.path, v.actions) for v in read_charades_csv(files[0])]
+    elif s.dataset == "epic_kitchens":  # (path, class, first, last): segments of the recordings
+        samples = read_epic_kitchens_csv(files[0], "noun" if setup_name.endswith("_noun") else "verb")
     else:
         raise ValueError(f"setup {setup_name!r} has an unknown dataset {s.dataset!r}")
     if s.dataset == "ssv2" and video_root is not None and os.path.isdir(video_root):
@@ -527,7 +568,7 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
         found = {os.path.splitext(name)[0]: name for name in sorted(os.listdir(video_root))}
         samples = [(found.get(os.path.splitext(p)[0], p), target) for p, target in samples]
     if video_root is not None:
-        on_disk = drop_missing([(os.path.join(video_root, p), k) for k, (p, _) in enumerate(samples)],
+        on_disk = drop_missing([(os.path.join(video_root, p), k) for k, (p, *_) in enumerate(samples)],
                                f"{setup_name} {split} split (--data-root {video_root})")
         samples = [samples[k] for _, k in on_disk]
     subset_size = s.subset_size if subset_size is None else subset_size
@@ -542,8 +583,8 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
 
 def print_split(setup_name, split, ann_root, subset_seed=99999, subset_size=None):
     """Print the relative video paths of a setup's split, one per line, in list order."""
-    for path, _ in setup_samples(setup_name, split, ann_root, subset_seed, subset_size=subset_size):
-        print(path)
+    for path, _, *segment in setup_samples(setup_name, split, ann_root, subset_seed, subset_size=subset_size):
+        print(path, *segment)
 
 
 # ============ checkpoints: every SEVERE format into torchvision keys ============
@@ -1950,7 +1991,7 @@ def setup_data(args, d, setup):
             train = low_shot_subset(train, num_classes, args.subset_size, args.subset_seed)
     else:
         root, ann_root = args.data_root, args.ann_root or args.data_root
-        train, test = ([(os.path.join(root, p), y) for p, y in setup_samples(setup.name, split, ann_root,
+        train, test = ([(os.path.join(root, p), *rest) for p, *rest in setup_samples(setup.name, split, ann_root,
                                                                              args.subset_seed, root, args.subset_size)]
                        for split in ("train", "test"))
         num_classes = setup.num_classes
@@ -1969,11 +2010,11 @@ def setup_data(args, d, setup):
 def make_loader(samples, args, d, train, batch_size, clips_per_video=1, aot=False, stride=1, clip_targets=None):
     """batch_size: videos per process. Training stops above --max-bad-fraction unreadable videos;
     evaluation never stops: an unreadable test video is reported and left out of the metric."""
-    videos = VideoClipDataset([(p, k) for k, (p, _) in enumerate(samples)], clip_len=args.clip_len,
+    videos = VideoClipDataset([(p, k, *segment) for k, (p, _, *segment) in enumerate(samples)], clip_len=args.clip_len,
                               strides=(stride,), short_side=args.short_side, train=train, num_clips=clips_per_video,
                               max_fail_fraction=args.max_bad_fraction if train else 1.0, fps=args.video_fps or None,
                               spread=aot)  # arrow of time: "8 frames linearly with a random offset" (App. B.2.4)
-    dataset = Clips(videos, [y for _, y in samples], args.crop_size, train, aot, clip_targets, args.train_crop,
+    dataset = Clips(videos, [s[1] for s in samples], args.crop_size, train, aot, clip_targets, args.train_crop,
                     args.test_crop_fraction, args.test_spatial_crops, tuple(args.jitter_scales))
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed, drop_last=train) \
         if d.distributed else (torch.utils.data.RandomSampler(dataset) if train else None)

@@ -382,7 +382,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     item: dict(clip=uint8 (T, H, W, 3), or (num_clips, T, H, W, 3) when num_clips > 1,
                label=int, index=int index of the video actually read,
-               frames=(num_clips * T,) int64 frame indices that were read, for per-frame labels).
+               frames=(num_clips * T,) int64 frame indices that were read (within a segment), for per-frame labels).
     train=True: random stride from `strides` and random starts; train=False: `num_clips`
     uniformly spaced starts with strides[0]. fps: instead of `strides`, every video is resampled to
     this frame rate (stride = its native fps / fps, see `clip_indices`), so that a clip spans
@@ -390,6 +390,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
     whole video instead (stride = its frames / clip_len; the start a random offset within one stride
     when training). An unreadable video is reported to `counter` and
     replaced by a random other one; the run stops once more than max_fail_fraction failed.
+    A sample (path, label, first, last) is a segment of its file: frames first..last (0-based, both
+    included) are the whole video (EPIC-Kitchens' narrations of long recordings).
     """
 
     def __init__(self, samples, clip_len=16, strides=(1,), short_side=128, train=True,
@@ -422,8 +424,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def num_frames(self, i):
         if i not in self._num_frames:
-            self._num_frames[i] = count_frames(self.samples[i][0])
+            segment = self.samples[i][2:]
+            self._num_frames[i] = segment[1] - segment[0] + 1 if segment else count_frames(self.samples[i][0])
         return self._num_frames[i]
+
+    def first_frame(self, i):
+        """Index in its file of video i's frame 0: a segment's first frame, else 0."""
+        return self.samples[i][2] if len(self.samples[i]) > 2 else 0
 
     def frame_stride(self, i, stride):
         """The stride of video i: `stride`; with `spread` its frames / clip_len; with `fps` its native
@@ -441,7 +448,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         replacement video."""
         def read(j):
             indices = sample_indices(self.num_frames(j), j)
-            return read_clip(self.samples[j][0], indices, self.short_side), indices
+            return read_clip(self.samples[j][0], indices + self.first_frame(j), self.short_side), indices
 
         (frames, indices), i = read_or_replace(read, i, len(self), lambda j: self.samples[j][0], self.counter,
                                                rng, self.max_retries, errors=(VideoReadError,))

@@ -394,3 +394,32 @@ def test_ntu60_on_its_released_layout_end_to_end(tmp_path):
     r = result(out, "ntu60")
     assert r["metric_name"] == "top1" and r["test_videos"] == 4 and r["args"]["video_fps"] == 16.0
     assert "S001C001P004R001A001_rgb.avi" in proc.stderr
+
+
+def test_epic_kitchens_segments_on_their_released_layout_end_to_end(tmp_path):
+    """--setup ek100: EPIC_100_{train,validation}.csv under ANN_ROOT/epic_kitchens, the recordings as
+    P01/videos/P01_01.MP4 (50 fps) under DATA_ROOT; every narration is a segment of its recording, trained
+    and scored; a recording that is not on disk is reported and its narrations left out."""
+    import numpy as np
+    from common.synthetic import write_mp4
+    from tests.test_severe_readers import EPIC_HEADER
+    rng = np.random.default_rng(0)
+    for name in ("P01_01", "P01_02"):
+        (tmp_path / "videos" / "P01" / "videos").mkdir(parents=True, exist_ok=True)
+        write_mp4(str(tmp_path / "videos" / "P01" / "videos" / f"{name}.MP4"),
+                  rng.integers(0, 255, (120, 32, 40, 3), np.uint8), fps=50)
+    ann = tmp_path / "ann" / "epic_kitchens"
+    ann.mkdir(parents=True)
+    row = "{vid}_{k},P01,{vid},,,,{first},{last},x,verb,{verb},noun,{noun},,\n"
+    train = [("P01_01", 1, 40, 0, 4), ("P01_01", 41, 100, 1, 7), ("P01_02", 10, 70, 0, 4), ("P01_02", 60, 120, 1, 7),
+             ("P09_01", 1, 50, 1, 7)]  # P09_01: not downloaded
+    test = [("P01_01", 20, 90, 1, 7), ("P01_02", 5, 60, 0, 4)]
+    for file, rows in (("EPIC_100_train.csv", train), ("EPIC_100_validation.csv", test)):
+        (ann / file).write_text(EPIC_HEADER + "".join(row.format(vid=v, k=k, first=a, last=b, verb=c, noun=n)
+                                                      for k, (v, a, b, c, n) in enumerate(rows)))
+    out = str(tmp_path / "out")
+    proc = run(["--setup", "ek100", *TINY, "--batch-size", "2", "--short-side", "32", "--init", "scratch",
+                "--data-root", str(tmp_path / "videos"), "--ann-root", str(tmp_path / "ann"), "--out-dir", out])
+    r = result(out, "ek100")
+    assert r["metric_name"] == "top1" and r["test_videos"] == 2 and 0 <= r["value"] <= 100
+    assert "1 of 5 files are not on disk" in proc.stderr and "P09_01.MP4" in proc.stderr

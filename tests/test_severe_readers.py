@@ -2,7 +2,7 @@
 
 Runs on the real annotation files in ../shared/data/annotations (UCF101 split 1, HMDB51 split 1,
 SSv2 labels + validation, FineGym Gym99, UCFRep zip). Not there, so written here in the official
-format: the SSv2 train json and the Charades CSVs.
+format: the SSv2 train json, the Charades and EPIC-Kitchens-100 CSVs.
 """
 import json
 import math
@@ -272,7 +272,7 @@ def test_missing_files_name_the_path(tmp_path):
 def test_setups_match_tables():
     assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
     assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot", "gym_vault", "gym_floor",
-                                                      "gym288", "ssv2_sub", "ntu60", "k400"}
+                                                      "gym288", "ssv2_sub", "ntu60", "k400", "ek100", "ek100_noun"}
     S = se.SETUPS
     # SEVERE's yaml files in one-clip-per-video epochs (x 10 clips, SSv2 x 2; Table C.4's text differs, README)
     severe_configs = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
@@ -291,14 +291,15 @@ def test_setups_match_tables():
     metrics = {"ssv2": "top1", "gym99": "top1", "ucf_1000": "top1", "gym99_1000": "top1", "fx_s1": "mean_class_acc",
                "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
                "hmdb51": "top1", "ucf_aot": "top1", "gym_vault": "mean_class_acc", "gym_floor": "mean_class_acc",
-               "gym288": "mean_class_acc", "ssv2_sub": "top1", "ntu60": "top1", "k400": "top1"}
+               "gym288": "mean_class_acc", "ssv2_sub": "top1", "ntu60": "top1", "k400": "top1",
+               "ek100": "top1", "ek100_noun": "top1"}
     assert {n: s.metric for n, s in S.items()} == metrics
     assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
         "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
     assert (S["ucf_aot"].num_classes, S["charades"].num_classes, S["ssv2"].num_classes) == (2, 157, 174)
-    for s in S.values():  # every annotation file a setup names exists or is one of the two not shipped
+    for s in S.values():  # every annotation file a setup names exists or is one of those not shipped
         for rel in s.train_files + s.test_files:
-            if not rel.startswith(("charades/", "ssv2/something-something-v2-train", "finegym/gym288", "kinetics400/")):
+            if not rel.startswith(("charades/", "ssv2/something-something-v2-train", "finegym/gym288", "kinetics400/", "epic_kitchens/")):
                 assert os.path.exists(os.path.join(ANN, rel.replace("*", "brush_hair"))), rel
 
 
@@ -442,3 +443,38 @@ def test_kinetics_400_linear_evaluation_setup(tmp_path):
     assert (linear.epochs, linear.milestones, linear.batch_size, linear.clip_len) == (40, [10, 20, 30], 64, 16)
     with pytest.raises(SystemExit, match="linearly only; add --protocol linear"):
         se.schedule(se.parse_args(["--setup", "k400", "--data-root", "x"]), se.SETUPS["k400"])
+
+
+EPIC_HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
+               "start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")
+
+
+def test_epic_kitchens_100_verbs_and_nouns_are_segments_of_the_recordings(tmp_path):
+    """Table 4.1's EK-100 (verbs) and Table B.4's nouns from the official CSVs: each narration is the segment
+    start_frame..stop_frame (1-based) of P01/videos/P01_01.MP4; a recording not on disk is left out."""
+    ann = tmp_path / "ann" / "epic_kitchens"
+    ann.mkdir(parents=True)
+    (ann / "EPIC_100_train.csv").write_text(EPIC_HEADER +
+        'P01_01_0,P01,P01_01,00:00:00.00,00:00:00.14,00:00:03.37,8,202,open door,open,3,door,8,"[\'door\']",[8]\n'
+        'P01_01_1,P01,P01_01,00:00:04.00,00:00:04.37,00:00:06.17,262,370,turn on light,turn-on,6,light,113,'
+        '"[\'light\']",[113]\n'
+        'P02_03_0,P02,P02_03,00:00:01.00,00:00:01.00,00:00:02.00,60,120,wash cup,wash,2,cup,13,"[\'cup\']",[13]\n')
+    (ann / "EPIC_100_validation.csv").write_text(EPIC_HEADER +
+        'P01_11_0,P01,P01_11,00:00:00.00,00:00:00.50,00:00:01.50,30,90,take knife,take,0,knife,5,"[\'knife\']",[5]\n')
+    videos = tmp_path / "videos"
+    for name in ("P01/videos/P01_01.MP4", "P01/videos/P01_11.MP4"):  # P02_03 not downloaded
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(b"")
+    verbs = se.setup_samples("ek100", "train", str(tmp_path / "ann"), video_root=str(videos))
+    assert verbs == [("P01/videos/P01_01.MP4", 3, 7, 201), ("P01/videos/P01_01.MP4", 6, 261, 369)]
+    nouns = se.setup_samples("ek100_noun", "test", str(tmp_path / "ann"), video_root=str(videos))
+    assert nouns == [("P01/videos/P01_11.MP4", 5, 29, 89)]
+    assert (se.SETUPS["ek100"].num_classes, se.SETUPS["ek100_noun"].num_classes) == (97, 300)
+    args = se.parse_args(["--setup", "ek100", "--data-root", "x", "--checkpoint", "c"])
+    assert (args.lr, args.epochs, args.milestones, args.gamma, args.batch_size) == (0.0025, 30, [20, 25], 0.1, 32)
+    (ann / "EPIC_100_validation.csv").write_text(EPIC_HEADER + "P01_11_0,P01,P01_11,,,,30,20,x,take,0,knife,5,,\n")
+    with pytest.raises(se.AnnotationError, match="EPIC_100_validation.csv:2: start_frame 30 and stop_frame 20"):
+        se.setup_samples("ek100", "test", str(tmp_path / "ann"))
+    (ann / "EPIC_100_validation.csv").write_text(EPIC_HEADER + "P01_11_0,P01,P01_11,,,,30,90,x,take,97,knife,5,,\n")
+    with pytest.raises(se.AnnotationError, match="validation.csv:2: unknown verb class 97"):
+        se.setup_samples("ek100", "test", str(tmp_path / "ann"))

@@ -237,6 +237,22 @@ def test_load_for_wrappers(videos):
     assert np.array_equal(clip.numpy(), full_decode(videos["avi"])[[10, 13, 16, 19]])
 
 
+def test_a_segment_of_a_file_is_the_whole_video(videos):
+    """(path, label, first, last): frames first..last of the file are the video (EPIC-Kitchens narrations)."""
+    reference = full_decode(videos["mp4"])
+    test = VideoClipDataset([(videos["mp4"], 3, 20, 35)], clip_len=4, strides=(2,), short_side=None,
+                            train=False, num_clips=2)
+    item = test[0]
+    assert test.num_frames(0) == 16 and item["label"] == 3
+    for clip, start in zip(item["clip"], uniform_starts(16, 4, 2, 2)):  # starts 0 and 9 within the segment
+        assert np.array_equal(clip.numpy(), reference[20 + start:20 + start + 8:2])
+    train = VideoClipDataset([(videos["mp4"], 3, 20, 35)], clip_len=4, strides=(3,), short_side=None)
+    for _ in range(5):
+        clip = train[0]["clip"].numpy()
+        first = next(k for k in range(len(reference)) if np.array_equal(reference[k], clip[0]))
+        assert 20 <= first and first + 9 <= 35 and np.array_equal(clip, reference[first:first + 12:3])
+
+
 def test_workers_share_counter_and_seeds_are_reproducible(videos, bad_files):
     samples = [(videos["avi"], 0)] * 23 + [(bad_files[0], 1)]
     dataset = VideoClipDataset(samples, clip_len=2, strides=(1,), short_side=16)
