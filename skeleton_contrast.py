@@ -717,6 +717,8 @@ PRESETS += [(f"synthetic --eval {e} (no --data-root)", lambda a, e=e: a.eval == 
 
 
 def _reprs(text):
+    if text == "auto":
+        return text
     names = [r for r in text.split(",") if r]
     bad = [r for r in names if r not in REPRESENTATIONS]
     if bad or not names or len(set(names)) != len(names):
@@ -784,9 +786,10 @@ def parse_args(argv=None):
                    help="the checkpoint.pt that pretraining wrote; its query encoders are evaluated "
                         "(projection heads removed). Several: one per --downstream-reprs, in that order (Table "
                         "A.4's combined intra rows: two representations pretrained in separate runs)")
-    g.add_argument("--downstream-reprs", type=_reprs, default=None,
+    g.add_argument("--downstream-reprs", type=_reprs, default="auto",
                    help="query encoders whose features are concatenated downstream (Table A.4: e.g. "
-                        "seq,stg); default: seq if pretrained, else the first pretrained representation")
+                        "seq,stg); auto: seq if the checkpoint pretrained it, else its first representation "
+                        "(--init scratch: seq)")
     g.add_argument("--select-on-test", action="store_true",
                    help="linear/semi/transfer/finetune: evaluate after every epoch and report the best test "
                         "epoch, as the authors' action_classification.py (optimistic); off = the last epoch")
@@ -960,7 +963,7 @@ def pretrained_backbones(args):
     all, or one per representation in the order of --downstream-reprs: Table A.4's combined intra rows join
     the encoders of separate runs), or random with --init scratch. Returns (name -> encoder, width)."""
     if args.init == "scratch":
-        reprs = args.downstream_reprs or ["seq"]
+        reprs = ["seq"] if args.downstream_reprs == "auto" else args.downstream_reprs
         return {r: build_encoder(r, args.width, args.frames, args.bigru) for r in reprs}, args.width
     ckpts = {path: load_checkpoint(path) for path in args.checkpoint}
     for path, ckpt in ckpts.items():
@@ -968,7 +971,9 @@ def pretrained_backbones(args):
             raise SystemExit(f"--checkpoint {path}: not a checkpoint written by skeleton_contrast.py "
                              f"(keys {sorted(ckpt)[:8]})")
     first = ckpts[args.checkpoint[0]]["args"]["reprs"]
-    reprs = args.downstream_reprs or (["seq"] if "seq" in first else first[:1])
+    reprs = args.downstream_reprs
+    if reprs == "auto":
+        reprs = ["seq"] if "seq" in first else first[:1]
     if len(args.checkpoint) not in (1, len(reprs)):
         raise SystemExit(f"--checkpoint: {len(args.checkpoint)} files for --downstream-reprs {','.join(reprs)}; "
                          f"give one checkpoint, or one per representation in that order")
