@@ -814,6 +814,16 @@ def random_resized_box(h, w, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return (h - bh) // 2, (w - bw) // 2, bh, bw
 
 
+def resized_crop(clips, box, size):
+    """uint8 (N, T, H, W, 3) -> (N, T, 3, size, size): the box (y, x, height, width) of every frame,
+    resized bilinearly (antialiased when it shrinks)."""
+    (n, t), (y, x, bh, bw) = clips.shape[:2], box
+    view = clips[:, :, y:y + bh, x:x + bw].permute(0, 1, 4, 2, 3).reshape(n * t, 3, bh, bw)
+    view = F.interpolate(view.float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=max(bh, bw) > size)
+    return view.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, size, size)
+
+
 class Clips(torch.utils.data.Dataset):
     """Finetuning / test clips of a setup, cropped on the CPU worker, as uint8 (T, 3, S, S).
 
@@ -859,14 +869,8 @@ class Clips(torch.utils.data.Dataset):
         item = self.videos[i]
         clip = item["clip"]  # (T, H, W, 3) or (num_clips, T, H, W, 3)
         clips = clip if clip.dim() == 5 else clip[None]
-        n, t, h, w, _ = clips.shape
-        views = []
-        for y, x, bh, bw in self.boxes(h, w):
-            view = clips[:, :, y:y + bh, x:x + bw].permute(0, 1, 4, 2, 3).reshape(n * t, 3, bh, bw)
-            view = F.interpolate(view.float(), size=(self.crop_size, self.crop_size), mode="bilinear",
-                                 align_corners=False, antialias=max(bh, bw) > self.crop_size)
-            views.append(view.round_().clamp_(0, 255).to(torch.uint8).view(n, t, 3, self.crop_size, self.crop_size))
-        clips = torch.cat(views)  # test: (num_clips x spatial crops, T, 3, S, S)
+        # test: (num_clips x spatial crops, T, 3, S, S)
+        clips = torch.cat([resized_crop(clips, box, self.crop_size) for box in self.boxes(*clips.shape[2:4])])
         if self.augment and random.random() < 0.5:
             clips = clips.flip(-1)
         target = self.targets[item["index"]]
@@ -1480,17 +1484,14 @@ class CountingHead(nn.Module):
 def crop_frames(frames, crop_size, train):
     """uint8 (T, H, W, 3) -> (T, 3, S, S): as Clips, a random multi-scale crop + flip (train) or the
     centre square (test), resized to crop_size."""
-    t, h, w, _ = frames.shape
+    h, w = frames.shape[1:3]
     if train:
         side = int(min(h, w) * random.uniform(0.6, 1.0))
         y, x = random.randint(0, h - side), random.randint(0, w - side)
     else:
         side = min(h, w)
         y, x = (h - side) // 2, (w - side) // 2
-    clip = frames[:, y:y + side, x:x + side].permute(0, 3, 1, 2).float()
-    clip = F.interpolate(clip, size=(crop_size, crop_size), mode="bilinear", align_corners=False,
-                         antialias=side > crop_size)
-    clip = clip.round_().clamp_(0, 255).to(torch.uint8)
+    clip = resized_crop(frames[None], (y, x, side, side), crop_size)[0]
     return clip.flip(-1) if train and random.random() < 0.5 else clip
 
 
