@@ -42,7 +42,7 @@ from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, 
 from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, grad_scaler, optimizer_step,
                            parse_with_presets, resume_training, save_epoch, seed_everything, unwrap)
 from common.skeleton import ntu_split, parse_ntu_name
-from common.synthetic import synthetic_video_dataset, write_mp4
+from common.synthetic import synthetic_repetition_videos, synthetic_video_dataset
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
                           frame_rate, read_clip, read_kinetics_csv, read_video_list)
 
@@ -1650,64 +1650,6 @@ def read_count_span(path, boundaries, short_side, crop_size):
     last = min(boundaries[-1], count_frames(path))
     frames = read_clip(path, np.arange(boundaries[0] - 1, last), short_side)
     return crop_frames(torch.from_numpy(frames), crop_size, train=False)
-
-
-# ---- synthetic repetition videos (the pipeline without --data-root) ----
-
-def synthetic_repetition_videos(root=None, num_videos=16, size=64, periods=(6, 14), counts=(2, 8), margin=6, seed=0):
-    """Writes (once) mp4s of a textured disc bouncing with a known period and returns
-    [(path, boundaries)], boundaries 1-based: cycle k starts at frame margin + 1 + k x period.
-
-    Per video a random period (frames, in `periods`), count (in `counts`), colours and amplitude; the
-    disc moves as |sin| (one bounce per period, starting on the floor at each boundary) plus a slow drift,
-    and `margin` still frames precede and follow the repetitions. root default: $VEF_CACHE (else
-    ~/.cache/video_efficient)/synthetic_repetition_<parameter hash>; a complete folder is reused.
-    """
-    config = dict(version=1, num_videos=num_videos, size=size, periods=list(periods), counts=list(counts),
-                  margin=margin, seed=seed)
-    if root is None:
-        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-        cache = os.environ.get("VEF_CACHE") or os.path.expanduser("~/.cache/video_efficient")
-        root = os.path.join(cache, f"synthetic_repetition_{digest}")
-    done = os.path.join(root, "videos.json")
-    try:
-        with open(done) as f:
-            saved = json.load(f)
-        if saved["config"] == config:
-            return [(os.path.join(root, p), tuple(b)) for p, b in saved["videos"]]
-    except (OSError, ValueError, KeyError):
-        pass
-    os.makedirs(root, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    videos = []
-    for k in range(num_videos):
-        rng = np.random.default_rng([seed, k])
-        period, count = int(rng.integers(periods[0], periods[1] + 1)), int(rng.integers(counts[0], counts[1] + 1))
-        num_frames = 2 * margin + period * count + 1
-        t = np.clip(np.arange(num_frames) - margin, 0, period * count)  # still before and after
-        height = np.abs(np.sin(np.pi * t / period))  # 0 on the floor at every boundary
-        radius, amplitude = size * rng.uniform(0.08, 0.14), size * rng.uniform(0.3, 0.5)
-        floor = size - radius - 2
-        x0 = rng.uniform(radius + 2, size - radius - 2)
-        background = rng.uniform(40, 200, 3) + rng.normal(0, 12, (size, size, 1))
-        colours = rng.uniform(0, 255, (2, 3))
-        frames = np.empty((num_frames, size, size, 3), np.uint8)
-        for f in range(num_frames):
-            cx = x0 + 3 * np.sin(2 * np.pi * f / num_frames)
-            cy = floor - amplitude * height[f]
-            inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
-            stripes = ((xx - cx) // 4 % 2).astype(bool)
-            frame = background.copy()
-            frame[inside] = np.where(stripes[inside, None], colours[0], colours[1])
-            frames[f] = np.clip(frame, 0, 255)
-        name = f"rep_{k:03d}.mp4"
-        write_mp4(os.path.join(root, name), frames)
-        videos.append((name, tuple(int(margin + 1 + c * period) for c in range(count + 1))))
-    tmp = f"{done}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(dict(config=config, videos=videos), f)
-    os.replace(tmp, done)
-    return [(os.path.join(root, p), b) for p, b in videos]
 
 
 def counting_data(args, d, num_synthetic=16, num_synthetic_test=4):

@@ -10,7 +10,8 @@ common/video.py exactly like real datasets.
 
 Also here: synthetic skeletons in the NTU '.npy/.pkl' format (synthetic_skeleton_dataset) and a
 paired RGB / optical flow / masked depth / skeleton stand-in for NTU RGB+D in its on-disk layout
-(synthetic_paired_dataset, Chapter 2), both animating a Kinect skeleton by forward kinematics.
+(synthetic_paired_dataset, Chapter 2), both animating a Kinect skeleton by forward kinematics, and
+videos of a bouncing disc with known repetition boundaries (synthetic_repetition_videos).
 """
 import hashlib
 import json
@@ -214,6 +215,55 @@ def _write_once(root, config, classes, write):
                                       f"these parameters; remove it or pass another root") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ============ synthetic repetition videos (UCFRep's counting task, severe_eval.py) ============
+
+def synthetic_repetition_videos(root=None, num_videos=16, size=64, periods=(6, 14), counts=(2, 8), margin=6, seed=0):
+    """Writes (once) mp4s of a textured disc bouncing with a known period and returns
+    [(path, boundaries)], boundaries 1-based as UCFRep's: cycle k starts at frame margin + 1 + k x period.
+
+    Per video a random period (frames, in `periods`), count (in `counts`), colours and amplitude; the
+    disc moves as |sin| (one bounce per period, starting on the floor at each boundary) plus a slow drift,
+    and `margin` still frames precede and follow the repetitions. root default: $VEF_CACHE (else
+    ~/.cache/video_efficient)/synthetic_repetition_<parameter hash>; a complete folder is reused.
+    """
+    config = dict(version=2, num_videos=num_videos, size=size, periods=list(periods), counts=list(counts),
+                  margin=margin, seed=seed)
+    root = _dataset_root(root, "synthetic_repetition", config)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+
+    def write(tmp):
+        videos = []
+        for k in range(num_videos):
+            rng = np.random.default_rng([seed, k])
+            period, count = int(rng.integers(periods[0], periods[1] + 1)), int(rng.integers(counts[0], counts[1] + 1))
+            num_frames = 2 * margin + period * count + 1
+            t = np.clip(np.arange(num_frames) - margin, 0, period * count)  # still before and after
+            height = np.abs(np.sin(np.pi * t / period))  # 0 on the floor at every boundary
+            radius, amplitude = size * rng.uniform(0.08, 0.14), size * rng.uniform(0.3, 0.5)
+            floor = size - radius - 2
+            x0 = rng.uniform(radius + 2, size - radius - 2)
+            background = rng.uniform(40, 200, 3) + rng.normal(0, 12, (size, size, 1))
+            colours = rng.uniform(0, 255, (2, 3))
+            frames = np.empty((num_frames, size, size, 3), np.uint8)
+            for f in range(num_frames):
+                cx = x0 + 3 * np.sin(2 * np.pi * f / num_frames)
+                cy = floor - amplitude * height[f]
+                inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
+                stripes = ((xx - cx) // 4 % 2).astype(bool)
+                frame = background.copy()
+                frame[inside] = np.where(stripes[inside, None], colours[0], colours[1])
+                frames[f] = np.clip(frame, 0, 255)
+            name = f"rep_{k:03d}.mp4"
+            write_mp4(os.path.join(tmp, name), frames)
+            videos.append((name, [int(margin + 1 + c * period) for c in range(count + 1)]))
+        with open(os.path.join(tmp, "videos.json"), "w") as f:
+            json.dump(videos, f)
+
+    _write_once(root, config, ["repetition"], write)
+    with open(os.path.join(root, "videos.json")) as f:
+        return [(os.path.join(root, name), tuple(b)) for name, b in json.load(f)]
 
 
 # ============ synthetic skeletons (NTU 25-joint format) ============

@@ -9,6 +9,7 @@ from torch import nn
 
 import severe_eval as se
 from common.engine import Dist
+from common.synthetic import synthetic_repetition_videos
 
 
 def test_local_cycle_lengths_hand_checked():
@@ -124,15 +125,17 @@ def test_count_repetitions_with_an_oracle_network():
 
 
 def test_synthetic_repetition_videos(tmp_path):
-    videos = se.synthetic_repetition_videos(str(tmp_path / "rep"), num_videos=3, size=32)
+    videos = synthetic_repetition_videos(str(tmp_path / "rep"), num_videos=3, size=32)
     assert len(videos) == 3
     for path, bounds in videos:
         assert 2 <= len(bounds) - 1 <= 8
         period = bounds[1] - bounds[0]
         assert all(b - a == period for a, b in zip(bounds, bounds[1:]))
         assert se.count_frames(path) >= bounds[-1]
-    # reused on a second call
-    assert se.synthetic_repetition_videos(str(tmp_path / "rep"), num_videos=3, size=32) == videos
+    # reused on a second call, not written again
+    written = os.path.getmtime(videos[0][0])
+    assert synthetic_repetition_videos(str(tmp_path / "rep"), num_videos=3, size=32) == videos
+    assert os.path.getmtime(videos[0][0]) == written
     samples = se.RepetitionSamples(videos, clip_len=8, crop_size=16, short_side=32, samples_per_video=2)
     clip, valid, cls, box, index = samples[0]
     assert clip.shape == (8, 3, 16, 16) and clip.dtype == torch.uint8
