@@ -649,16 +649,10 @@ def check_inputs(args, stages):
             folder(args.source_root, "--source-root", "for the Kinetics teacher")
             if args.teacher_modality == "flow":
                 folder(args.source_flow_dir, "--source-flow-dir", "for the Kinetics flow teacher")
-        elif args.teacher_modality == "rgb":
-            folder(args.source_rgb_dir or args.rgb_dir, "--source-rgb-dir" if args.source_rgb_dir else "--rgb-dir",
-                   "for the teacher's NTU-120 videos")
         else:
-            folder(args.source_flow_dir or args.flow_dir, "--source-flow-dir" if args.source_flow_dir else "--flow-dir",
-                   "for the teacher's NTU-120 flow")
+            folder(*teacher_folder(args, source=True), f"for the teacher's NTU-120 {args.teacher_modality}")
     if "transfer" in stages:
-        rgb = args.teacher_modality == "rgb"
-        folder(args.rgb_dir if rgb else args.flow_dir, "--rgb-dir" if rgb else "--flow-dir",
-               "for the transfer's modality pairs")
+        folder(*teacher_folder(args), "for the transfer's modality pairs")
     if any(s in stages for s in ("transfer", "finetune", "eval")):
         depth = args.target == "depth"
         folder(args.depth_dir if depth else args.skeleton_dir, "--depth-dir" if depth else "--skeleton-dir",
@@ -667,13 +661,19 @@ def check_inputs(args, stages):
             check_first_depth_png(args.depth_dir)
 
 
-def teacher_modality_items(args, source_dirs=False):
-    """{NTU name: path} of the teacher modality: RGB videos or flow folders."""
+def teacher_folder(args, source=False):
+    """(folder, flag) of the teacher modality: --rgb-dir / --flow-dir (the transfer's pairs), or with
+    source=True the teacher's NTU-120 videos, --source-rgb-dir / --source-flow-dir when given."""
+    m = args.teacher_modality
+    own = getattr(args, f"source_{m}_dir") if source else None
+    return (own, f"--source-{m}-dir") if own else (getattr(args, f"{m}_dir"), f"--{m}-dir")
+
+
+def teacher_modality_items(args, source=False):
+    """{NTU name: path} of the teacher modality (teacher_folder): RGB videos or flow folders."""
+    folder, flag = teacher_folder(args, source)
     if args.teacher_modality == "rgb":
-        folder = (args.source_rgb_dir or args.rgb_dir) if source_dirs else args.rgb_dir
-        return index_ntu(folder, "--source-rgb-dir" if source_dirs and args.source_rgb_dir else "--rgb-dir", True)
-    folder = (args.source_flow_dir or args.flow_dir) if source_dirs else args.flow_dir
-    flag = "--source-flow-dir" if source_dirs and args.source_flow_dir else "--flow-dir"
+        return index_ntu(folder, flag, videos=True)
     return non_empty(index_ntu(folder, flag, videos=False), lambda f: flow_files(f)[0], "flow")
 
 
@@ -687,7 +687,7 @@ def source_items(args, split):
     --source-flow-dir/<video file name without extension>.
     """
     if args.source == "ntu120_minus_60":
-        items = {k: p for k, p in teacher_modality_items(args, source_dirs=True).items()
+        items = {k: p for k, p in teacher_modality_items(args, source=True).items()
                  if ntu_action(k) > NTU60_ACTIONS}
         if not items:
             raise SystemExit("no NTU-120 videos of actions 61-120 (A061-A120) found for the teacher; "
