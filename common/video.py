@@ -403,7 +403,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.train, self.num_clips, self.max_retries = train, num_clips, max_retries
         self.fps, self.spread = fps, spread
         self.counter = counter if counter is not None else BadVideoCounter(max_fail_fraction)
-        self._num_frames, self._frame_rates = {}, {}  # lazily filled, one cache per worker process
+        self._num_frames, self._frame_rates = {}, {}  # per file, lazily filled, one cache per worker process
         self._rng, self._rng_seed = None, None
 
     def __len__(self):
@@ -423,10 +423,22 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return self._rng
 
     def num_frames(self, i):
-        if i not in self._num_frames:
-            segment = self.samples[i][2:]
-            self._num_frames[i] = segment[1] - segment[0] + 1 if segment else count_frames(self.samples[i][0])
-        return self._num_frames[i]
+        """Frames of video i; of a segment, those of first..last that the file has (an annotation may
+        run past the end of its recording)."""
+        path, segment = self.samples[i][0], self.samples[i][2:]
+        if path not in self._num_frames:
+            self._num_frames[path] = count_frames(path)
+        if not segment:
+            return self._num_frames[path]
+        if segment[0] >= self._num_frames[path]:
+            raise VideoReadError(f"{path}: segment {segment[0]}-{segment[1]} starts past its last frame "
+                                 f"{self._num_frames[path] - 1}")
+        return min(segment[1], self._num_frames[path] - 1) - segment[0] + 1
+
+    def name(self, i):
+        """Video i as bad-file reports name it: its path, with a segment's frames (each counts on its own)."""
+        path, segment = self.samples[i][0], self.samples[i][2:]
+        return f"{path} (frames {segment[0]}-{segment[1]})" if segment else path
 
     def first_frame(self, i):
         """Index in its file of video i's frame 0: a segment's first frame, else 0."""
@@ -439,9 +451,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
             return max(self.num_frames(i) / self.clip_len, 1)
         if self.fps is None:
             return stride
-        if i not in self._frame_rates:
-            self._frame_rates[i] = frame_rate(self.samples[i][0])
-        return self._frame_rates[i] / self.fps
+        path = self.samples[i][0]
+        if path not in self._frame_rates:
+            self._frame_rates[path] = frame_rate(path)
+        return self._frame_rates[path] / self.fps
 
     def _read(self, i, sample_indices, rng):
         """(frames, label, i, frame indices) of video i at sample_indices(num_frames, i), or of a random
@@ -450,8 +463,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
             indices = sample_indices(self.num_frames(j), j)
             return read_clip(self.samples[j][0], indices + self.first_frame(j), self.short_side), indices
 
-        (frames, indices), i = read_or_replace(read, i, len(self), lambda j: self.samples[j][0], self.counter,
-                                               rng, self.max_retries, errors=(VideoReadError,))
+        (frames, indices), i = read_or_replace(read, i, len(self), self.name, self.counter, rng, self.max_retries,
+                                               errors=(VideoReadError,))
         return torch.from_numpy(frames), self.samples[i][1], i, indices
 
     def load(self, i, start=None, stride=None, rng=None, jitter=False):

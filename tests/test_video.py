@@ -246,6 +246,10 @@ def test_a_segment_of_a_file_is_the_whole_video(videos):
     assert test.num_frames(0) == 16 and item["label"] == 3
     for clip, start in zip(item["clip"], uniform_starts(16, 4, 2, 2)):  # starts 0 and 9 within the segment
         assert np.array_equal(clip.numpy(), reference[20 + start:20 + start + 8:2])
+    # a segment annotated past the end of its recording keeps the frames the file has
+    assert VideoClipDataset([(videos["mp4"], 3, 50, NUM_FRAMES + 9)]).num_frames(0) == NUM_FRAMES - 50
+    with pytest.raises(VideoReadError, match="starts past its last frame"):
+        VideoClipDataset([(videos["mp4"], 3, NUM_FRAMES, NUM_FRAMES + 9)]).num_frames(0)
     train = VideoClipDataset([(videos["mp4"], 3, 20, 35)], clip_len=4, strides=(3,), short_side=None)
     for _ in range(5):
         clip = train[0]["clip"].numpy()
