@@ -462,13 +462,13 @@ def test_epic_kitchens_100_verbs_and_nouns_are_segments_of_the_recordings(tmp_pa
     (ann / "EPIC_100_validation.csv").write_text(EPIC_HEADER +
         'P01_11_0,P01,P01_11,00:00:00.00,00:00:00.50,00:00:01.50,30,90,take knife,take,0,knife,5,"[\'knife\']",[5]\n')
     videos = tmp_path / "videos"
-    for name in ("P01/videos/P01_01.MP4", "P01/videos/P01_11.MP4"):  # P02_03 not downloaded
+    for name in ("P01/videos/P01_01.MP4", "P01/videos/P01_11.mp4"):  # P01_11 re-encoded; P02_03 not downloaded
         (videos / name).parent.mkdir(parents=True, exist_ok=True)
         (videos / name).write_bytes(b"")
     verbs = se.setup_samples("ek100", "train", str(tmp_path / "ann"), video_root=str(videos))
     assert verbs == [("P01/videos/P01_01.MP4", 3, 7, 201), ("P01/videos/P01_01.MP4", 6, 261, 369)]
     nouns = se.setup_samples("ek100_noun", "test", str(tmp_path / "ann"), video_root=str(videos))
-    assert nouns == [("P01/videos/P01_11.MP4", 5, 29, 89)]
+    assert nouns == [("P01/videos/P01_11.mp4", 5, 29, 89)]  # the extension found on disk
     assert (se.SETUPS["ek100"].num_classes, se.SETUPS["ek100_noun"].num_classes) == (97, 300)
     args = se.parse_args(["--setup", "ek100", "--data-root", "x", "--checkpoint", "c"])
     assert (args.lr, args.epochs, args.milestones, args.gamma, args.batch_size) == (0.0025, 30, [20, 25], 0.1, 32)
