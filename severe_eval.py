@@ -241,30 +241,37 @@ def read_ntu60_rgb(video_root, split="train"):
 # ---- EPIC-Kitchens-100 (Table 4.1, Table B.4): narrated segments of long recordings ----
 
 EPIC_CLASSES = dict(verb=97, noun=300)
+EK_HEADS = (EPIC_CLASSES["verb"], EPIC_CLASSES["noun"])  # the outputs of an action head: verbs, then nouns
 
 
 def read_epic_kitchens_csv(csv_path, target="verb"):
     """EPIC_100_{train,validation}.csv -> [(P01/videos/P01_01.MP4, class, first, last)] in file order:
-    the `target` ('verb' or 'noun') class of each narration and its frames in the video (0-based, both
-    included; the CSV's start_frame / stop_frame count from 1). 67,217 / 9,668 rows."""
+    each narration's frames in its recording (0-based, both included; the CSV's start_frame / stop_frame
+    count from 1) and its `target` class: 'verb', 'noun', or 'action', the pair (verb, noun) as the one
+    number verb x 300 + noun (`action_top1` splits it). 67,217 / 9,668 rows."""
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"annotation file not found: {csv_path}")
+    parts = ("verb", "noun") if target == "action" else (target,)
     samples = []
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        columns = {"participant_id", "video_id", "start_frame", "stop_frame", f"{target}_class"}
+        columns = {"participant_id", "video_id", "start_frame", "stop_frame"} | {f"{p}_class" for p in parts}
         missing = columns - set(reader.fieldnames or ())
         if missing:
             raise AnnotationError(f"{csv_path}:1: missing column(s) {sorted(missing)}")
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"
-            first, last, label = (_parse_int(csv_path, reader.line_num, row[k] or "", k) for k in
-                                  ("start_frame", "stop_frame", f"{target}_class"))
+            first, last = (_parse_int(csv_path, reader.line_num, row[k] or "", k) for k in ("start_frame", "stop_frame"))
             if not 1 <= first <= last:
                 raise AnnotationError(f"{where}: start_frame {first} and stop_frame {last} are not a segment")
-            if not 0 <= label < EPIC_CLASSES[target]:
-                raise AnnotationError(f"{where}: unknown {target} class {label} (EPIC-Kitchens-100 has "
-                                      f"0..{EPIC_CLASSES[target] - 1})")
+            classes = []
+            for p in parts:
+                c = _parse_int(csv_path, reader.line_num, row[f"{p}_class"] or "", f"{p}_class")
+                if not 0 <= c < EPIC_CLASSES[p]:
+                    raise AnnotationError(f"{where}: unknown {p} class {c} (EPIC-Kitchens-100 has "
+                                          f"0..{EPIC_CLASSES[p] - 1})")
+                classes.append(c)
+            label = classes[0] * EPIC_CLASSES["noun"] + classes[1] if target == "action" else classes[0]
             path = f"{row['participant_id']}/videos/{row['video_id']}.MP4"
             samples.append((path, label, first - 1, last - 1))
     return samples
@@ -432,7 +439,7 @@ class Setup:
     dataset: str                   # ucf101 | hmdb51 | ssv2 | gym99 | gym288 | ucfrep | charades
     task: str                      # recognition | counting | multilabel | aot
     num_classes: int               # outputs of the head (counting: 1, aot: 2)
-    metric: str                    # top1 | mean_class_acc | mean_count_error | map
+    metric: str                    # top1 | mean_class_acc | mean_count_error | map | action_top1 (EK verb + noun)
     train_files: Tuple[str, ...]   # relative to --ann-root ('*' = one file per class)
     test_files: Tuple[str, ...]
     finetune: Optional[Schedule]   # SEVERE's configs (Tables B.2, C.4); None: linear evaluation only (K-400)
@@ -505,6 +512,8 @@ SETUPS = {s.name: s for s in (
           train_crop="jitter", test_spatial_crops=3, short_side=340, colour_jitter=False),  # TRAIN_JITTER_SCALES
     Setup("ek100", "EK-100", "epic_kitchens", "recognition", 97, "top1", *_EK_FILES, _EK, _EK),  # verbs, Table 4.1
     Setup("ek100_noun", "EK-100 nouns", "epic_kitchens", "recognition", 300, "top1", *_EK_FILES, _EK, _EK),  # B.4
+    # Table B.4's actions: one layer of 97 verb + 300 noun outputs, right when both are (action_top1)
+    Setup("ek100_action", "EK-100 actions", "epic_kitchens", "recognition", 397, "action_top1", *_EK_FILES, _EK, _EK),
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("k400", "Kinetics-400", "kinetics", "recognition", 400, "top1", ("kinetics400/train.csv",),
           ("kinetics400/validate.csv",), None, _LIN_K400),  # Table 4.1's linear evaluation
@@ -560,7 +569,8 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
     elif s.dataset == "charades":
         samples = [(v.path, v.actions) for v in read_charades_csv(files[0])]
     elif s.dataset == "epic_kitchens":  # (path, class, first, last): segments of the recordings
-        samples = read_epic_kitchens_csv(files[0], "noun" if setup_name.endswith("_noun") else "verb")
+        samples = read_epic_kitchens_csv(files[0], {"ek100_noun": "noun", "ek100_action": "action"}.get(
+            setup_name, "verb"))
     else:
         raise ValueError(f"setup {setup_name!r} has an unknown dataset {s.dataset!r}")
     if s.dataset in ("ssv2", "epic_kitchens") and video_root is not None:
@@ -1194,7 +1204,7 @@ def cluster_purity(assignments, labels):
 # ============ evaluation ============
 
 @torch.no_grad()
-def predict(model, loader, d, args, multilabel):
+def predict(model, loader, d, args, setup):
     """Video-level scores of the test set, gathered over processes and ordered by video index.
 
     Recognition: softmax averaged over the clips of a video (App. C.4); multi-label: sigmoid
@@ -1207,7 +1217,12 @@ def predict(model, loader, d, args, multilabel):
             logits = torch.cat([model(to_input(chunk, d.device, train=False, norm=args.input_norm))
                                 for chunk in clips.flatten(0, 1).split(d.local_batch(args.batch_size))])
         logits = logits.float().view(b, n, -1)
-        scores = logits.sigmoid().amax(1) if multilabel else logits.softmax(-1).mean(1)
+        if setup.task == "multilabel":
+            scores = logits.sigmoid().amax(1)
+        elif setup.metric == "action_top1":  # EK-100 actions: the verb and the noun outputs each a softmax
+            scores = torch.cat([part.softmax(-1) for part in logits.split(EK_HEADS, -1)], -1).mean(1)
+        else:
+            scores = logits.softmax(-1).mean(1)
         out_scores.append(scores.cpu()), out_targets.append(targets), out_index.append(index)
     parts = [(torch.cat(out_scores), torch.cat(out_targets), torch.cat(out_index))]
     if d.distributed:
@@ -1221,11 +1236,22 @@ def predict(model, loader, d, args, multilabel):
     return scores[keep][order], targets[keep][order], index[keep][order]
 
 
+def recognition_loss(logits, targets, setup):
+    """Cross-entropy; Charades: per-class binary cross-entropy; EK-100 actions (target verb x 300 + noun):
+    the cross-entropies of the verb and of the noun outputs, summed."""
+    if setup.task == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    if setup.metric == "action_top1":
+        verbs, nouns = logits.split(EK_HEADS, -1)
+        return F.cross_entropy(verbs, targets // EPIC_CLASSES["noun"]) + F.cross_entropy(nouns, targets % EPIC_CLASSES["noun"])
+    return F.cross_entropy(logits, targets)
+
+
 def evaluate(model, loader, d, args, setup):
     """The setup's metric on the test set (Table 4.4). Unreadable test videos are reported by the
     reader and left out; `test_videos` says how many of the listed ones were scored."""
     multilabel = setup.task == "multilabel"
-    scores, targets, _ = predict(model, loader, d, args, multilabel)
+    scores, targets, _ = predict(model, loader, d, args, setup)
     listed = len(loader.dataset)
     if len(scores) < listed:
         d.print(f"warning: {listed - len(scores)} of {listed} test videos could not be read and are not scored")
@@ -1238,6 +1264,11 @@ def _metric(scores, targets, setup, multilabel):
         value, per_class = mean_average_precision(scores.numpy(), targets.numpy())
         return dict(metric_name="map", value=100 * value, per_class=[None if np.isnan(a) else a for a in per_class])
     labels = targets.numpy()
+    if setup.metric == "action_top1":  # EK-100: right when the verb and the noun are (Table B.4)
+        verb, noun = scores[:, :EPIC_CLASSES["verb"]].argmax(1).numpy(), scores[:, EPIC_CLASSES["verb"]:].argmax(1).numpy()
+        verb_ok, noun_ok = verb == labels // EPIC_CLASSES["noun"], noun == labels % EPIC_CLASSES["noun"]
+        return dict(metric_name="action_top1", value=100 * float(np.mean(verb_ok & noun_ok)),
+                    verb_top1=100 * float(np.mean(verb_ok)), noun_top1=100 * float(np.mean(noun_ok)))
     if setup.metric == "mean_class_acc":
         return dict(metric_name="mean_class_acc", value=100 * mean_class_accuracy(scores.numpy(), labels, scores.shape[1]),
                     per_class=per_class_accuracy(scores.numpy(), labels, scores.shape[1]).tolist())
@@ -1959,6 +1990,8 @@ def setup_data(args, d, setup):
             test = [(p, multi_hot([c for c, _, _ in a], num_classes)) for p, a in test]
     if setup.task == "aot" and args.data_root is None:  # every video forward (0) and reversed (1)
         train, test = [[(p, r) for p, _ in split for r in (0, 1)] for split in (train, test)]
+    if setup.metric == "action_top1":  # 97 verb + 300 noun outputs; a synthetic class is verb 0, noun = class
+        num_classes = setup.num_classes
     num_outputs = 2 if setup.task == "aot" else num_classes
     return train, test, num_outputs
 
@@ -2086,8 +2119,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
             targets = targets.to(d.device)
             with autocast(d.device, args.amp):
                 logits = model(x)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), targets) if multilabel \
-                    else F.cross_entropy(logits.float(), targets)
+                loss = recognition_loss(logits.float(), targets, setup)
             loss = optimizer_step(loss, optimizer, scaler, epoch, it)
             loss_sum += loss
             progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])

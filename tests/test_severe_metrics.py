@@ -331,3 +331,21 @@ def test_frozen_feature_results_are_no_table_rows():
     results = toy("A", 60, 0.2) + [{"name": "A", "setup": "ssv2", "value": 99.0, "task": "retrieval"}]
     (row,) = se.summary_rows(results, ("ssv2", "ucf_rc"))
     assert row["values"]["ssv2"] == 60  # the recall@1 of --task retrieval is not averaged in
+
+
+def test_epic_kitchens_action_is_right_when_verb_and_noun_are():
+    """Table B.4's actions: one layer of 97 verb and 300 noun outputs, each a softmax; the target is
+    verb x 300 + noun; an action counts when both argmaxes are right."""
+    setup = se.SETUPS["ek100_action"]
+    targets = torch.tensor([5 * 300 + 7, 2 * 300 + 9, 1 * 300 + 4])
+    scores = torch.zeros(3, 397)
+    scores[0, 5], scores[0, 97 + 7] = 1, 1    # both right
+    scores[1, 2], scores[1, 97 + 8] = 1, 1    # verb right, noun wrong
+    scores[2, 0], scores[2, 97 + 4] = 1, 1    # verb wrong, noun right
+    result = se._metric(scores, targets, setup, multilabel=False)
+    assert result["metric_name"] == "action_top1" and result["value"] == pytest.approx(100 / 3)
+    assert result["verb_top1"] == pytest.approx(200 / 3) and result["noun_top1"] == pytest.approx(200 / 3)
+    logits = torch.randn(3, 397)
+    expected = (torch.nn.functional.cross_entropy(logits[:, :97], targets // 300)
+                + torch.nn.functional.cross_entropy(logits[:, 97:], targets % 300))
+    assert se.recognition_loss(logits, targets, setup) == pytest.approx(expected.item())

@@ -272,7 +272,8 @@ def test_missing_files_name_the_path(tmp_path):
 def test_setups_match_tables():
     assert se.SEVERE_SETUPS == ("ssv2", "gym99", "ucf_1000", "gym99_1000", "fx_s1", "ub_s1", "ucf_rc", "charades")
     assert set(se.SETUPS) == set(se.SEVERE_SETUPS) | {"ucf101", "hmdb51", "ucf_aot", "gym_vault", "gym_floor",
-                                                      "gym288", "ssv2_sub", "ntu60", "k400", "ek100", "ek100_noun"}
+                                                      "gym288", "ssv2_sub", "ntu60", "k400", "ek100", "ek100_noun",
+                                                      "ek100_action"}
     S = se.SETUPS
     # SEVERE's yaml files in one-clip-per-video epochs (x 10 clips, SSv2 x 2; Table C.4's text differs, README)
     severe_configs = {"ucf101": (1e-4, 160, (60, 100, 140), 32), "hmdb51": (1e-4, 160, (60, 100, 140), 32),
@@ -292,7 +293,7 @@ def test_setups_match_tables():
                "ub_s1": "mean_class_acc", "ucf_rc": "mean_count_error", "charades": "map", "ucf101": "top1",
                "hmdb51": "top1", "ucf_aot": "top1", "gym_vault": "mean_class_acc", "gym_floor": "mean_class_acc",
                "gym288": "mean_class_acc", "ssv2_sub": "top1", "ntu60": "top1", "k400": "top1",
-               "ek100": "top1", "ek100_noun": "top1"}
+               "ek100": "top1", "ek100_noun": "top1", "ek100_action": "action_top1"}
     assert {n: s.metric for n, s in S.items()} == metrics
     assert {n: s.task for n, s in S.items() if s.task != "recognition"} == {
         "ucf_rc": "counting", "charades": "multilabel", "ucf_aot": "aot"}
@@ -469,6 +470,8 @@ def test_epic_kitchens_100_verbs_and_nouns_are_segments_of_the_recordings(tmp_pa
     assert verbs == [("P01/videos/P01_01.MP4", 3, 7, 201), ("P01/videos/P01_01.MP4", 6, 261, 369)]
     nouns = se.setup_samples("ek100_noun", "test", str(tmp_path / "ann"), video_root=str(videos))
     assert nouns == [("P01/videos/P01_11.mp4", 5, 29, 89)]  # the extension found on disk
+    actions = se.setup_samples("ek100_action", "train", str(tmp_path / "ann"), video_root=str(videos))
+    assert [y for _, y, *_ in actions] == [3 * 300 + 8, 6 * 300 + 113]  # verb x 300 + noun
     assert (se.SETUPS["ek100"].num_classes, se.SETUPS["ek100_noun"].num_classes) == (97, 300)
     args = se.parse_args(["--setup", "ek100", "--data-root", "x", "--checkpoint", "c"])
     assert (args.lr, args.epochs, args.milestones, args.gamma, args.batch_size) == (0.0025, 30, [20, 25], 0.1, 32)
