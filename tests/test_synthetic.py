@@ -4,9 +4,10 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from common.synthetic import MOTIONS, synthetic_video_dataset
-from common.video import count_frames, read_clip, read_video_list
+from common.video import VideoClipDataset, count_frames, read_clip, read_video_list
 
 PARAMS = dict(num_classes=8, videos_per_class=4, num_frames=24, seed=0)  # default size
 
@@ -96,6 +97,36 @@ def test_appearance_does_not_tell_the_classes_apart(dataset):
     distances = ((features[:, None] - features[None]) ** 2).sum(-1)
     np.fill_diagonal(distances, np.inf)
     assert (labels[distances.argmin(1)] == labels).mean() < 0.2
+
+
+def _in_batch_pick_rate(features_q, features_k):
+    """Fraction of queries whose own key is the nearest (cosine) of the batch's keys."""
+    q = torch.nn.functional.normalize(features_q - features_q.mean(1, keepdim=True), dim=1)
+    k = torch.nn.functional.normalize(features_k - features_k.mean(1, keepdim=True), dim=1)
+    return ((q @ k.T).argmax(1) == torch.arange(len(q))).float().mean().item()
+
+
+def test_tubelet_pairs_share_their_motion_and_temporal_pairs_their_colours(dataset):
+    """What Table 5.2's ordering rests on, in the CPU preset's views (32 x 32 crops of 8 frames): the
+    positive of a tubelet pair is found among the batch's keys from where its clips change over time
+    (frame-difference maps), not from its colours; the temporal baseline's positive is the reverse."""
+    import tubelet_contrast as tc
+    torch.manual_seed(0)
+    rates = {}
+    for mode in ("tubelet", "temporal"):
+        args = tc.parse_args(["--mode", mode])  # the synthetic preset
+        videos = VideoClipDataset(samples_of(dataset)["train"], clip_len=args.clip_len, strides=args.strides,
+                                  short_side=args.short_side)
+        loader = torch.utils.data.DataLoader(tc.PairDataset(videos, mode), batch_size=8, shuffle=True, drop_last=True)
+        colour, motion = [], []
+        for v1, v2 in [batch for _ in range(2) for batch in loader]:  # two epochs: 6 batches
+            q, k = tc.make_views(v1, v2, args, normalize=False)  # (B, 3, T, S, S) in [0, 1]
+            colour.append(_in_batch_pick_rate(q.mean((2, 3, 4)), k.mean((2, 3, 4))))
+            changes = [(x[:, :, 1:] - x[:, :, :-1]).abs().mean(1).flatten(1) for x in (q, k)]
+            motion.append(_in_batch_pick_rate(*changes))
+        rates[mode] = np.mean(colour), np.mean(motion)
+    assert rates["tubelet"][1] > 0.8 and rates["tubelet"][0] < 0.4, rates  # chance 1 / 8
+    assert rates["temporal"][0] > 0.6 and rates["temporal"][1] < 0.5, rates
 
 
 def test_same_seed_same_videos(tmp_path):
