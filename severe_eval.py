@@ -261,7 +261,8 @@ def read_epic_kitchens_csv(csv_path, target="verb"):
             raise AnnotationError(f"{csv_path}:1: missing column(s) {sorted(missing)}")
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"
-            first, last = (_parse_int(csv_path, reader.line_num, row[k] or "", k) for k in ("start_frame", "stop_frame"))
+            first, last = (_parse_int(csv_path, reader.line_num, row[k] or "", k)
+                           for k in ("start_frame", "stop_frame"))
             if not 1 <= first <= last:
                 raise AnnotationError(f"{where}: start_frame {first} and stop_frame {last} are not a segment")
             classes = []
@@ -1243,7 +1244,8 @@ def recognition_loss(logits, targets, setup):
         return F.binary_cross_entropy_with_logits(logits, targets)
     if setup.metric == "action_top1":
         verbs, nouns = logits.split(EK_HEADS, -1)
-        return F.cross_entropy(verbs, targets // EPIC_CLASSES["noun"]) + F.cross_entropy(nouns, targets % EPIC_CLASSES["noun"])
+        noun_classes = EPIC_CLASSES["noun"]
+        return F.cross_entropy(verbs, targets // noun_classes) + F.cross_entropy(nouns, targets % noun_classes)
     return F.cross_entropy(logits, targets)
 
 
@@ -1265,8 +1267,9 @@ def _metric(scores, targets, setup, multilabel):
         return dict(metric_name="map", value=100 * value, per_class=[None if np.isnan(a) else a for a in per_class])
     labels = targets.numpy()
     if setup.metric == "action_top1":  # EK-100: right when the verb and the noun are (Table B.4)
-        verb, noun = scores[:, :EPIC_CLASSES["verb"]].argmax(1).numpy(), scores[:, EPIC_CLASSES["verb"]:].argmax(1).numpy()
-        verb_ok, noun_ok = verb == labels // EPIC_CLASSES["noun"], noun == labels % EPIC_CLASSES["noun"]
+        verbs, nouns = scores.split(EK_HEADS, -1)
+        verb_ok = verbs.argmax(1).numpy() == labels // EPIC_CLASSES["noun"]
+        noun_ok = nouns.argmax(1).numpy() == labels % EPIC_CLASSES["noun"]
         return dict(metric_name="action_top1", value=100 * float(np.mean(verb_ok & noun_ok)),
                     verb_top1=100 * float(np.mean(verb_ok)), noun_top1=100 * float(np.mean(noun_ok)))
     if setup.metric == "mean_class_acc":
