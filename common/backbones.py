@@ -1,9 +1,10 @@
 """Video encoders from torchvision, without their classification layer.
 
-The thesis uses R(2+1)D-18 (Ch. 4, 5) and R3D-18 (Ch. 2, App. C.2). We never re-implement them:
-the encoders here *are* `torchvision.models.video.r2plus1d_18` / `r3d_18` with `fc` replaced by an
-identity, so state-dict keys stay torchvision's and any torchvision checkpoint loads with
-`strict=True` once its `fc.*` entries are dropped.
+The thesis uses R(2+1)D-18 (Ch. 4, 5), R3D-18 (App. C.2) and Hara et al.'s 3D-ResNet-18 (Ch. 2). The
+first two are not re-implemented: the encoders here *are* `torchvision.models.video.r2plus1d_18` /
+`r3d_18` with `fc` replaced by an identity, so state-dict keys stay torchvision's and any torchvision
+checkpoint loads with `strict=True` once its `fc.*` entries are dropped. Hara's network is assembled
+from torchvision's video ResNet parts (`hara_r3d_18`), with torchvision's keys too.
 
 The skeleton encoders at the end (ST-GCN, the Ch. 2 student; 2s-AGCN joint stream, the graph
 encoder f^STG of Ch. 3) have no torchvision counterpart and are written out here.
