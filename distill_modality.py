@@ -818,7 +818,7 @@ class StageRun:
         self.args, self.d, self.out_dir, self.model, self.loader = args, d, out_dir, model, loader
         self.stage, self.num_epochs = stage, epochs
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, dampening=args.dampening,
-                                         weight_decay=weight_decay)
+                                         weight_decay=weight_decay, fused=True)
         if args.lr_schedule == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min", factor=0.1,
                                                                         patience=args.lr_patience)

@@ -1752,7 +1752,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
     if d.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
     scaler = grad_scaler(d.device, args.amp)
     dataset = RepetitionSamples(train, args.clip_len, args.crop_size, args.short_side,
@@ -2097,9 +2097,9 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     if sched.optimizer == "sgd":  # Charades only (SlowFast's recipe in SEVERE's config, App. C.4)
-        optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay, fused=True)
     else:  # finetuning and the linear probe: Adam ("We train with the Adam optimizer", App. B.2.1)
-        optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
     scaler = grad_scaler(d.device, args.amp)
     clip_targets = CharadesClipTargets(train) if multilabel and args.data_root is not None else None

@@ -896,7 +896,7 @@ def pretrain(args, d):
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                momentum=args.momentum, weight_decay=args.weight_decay)
+                                momentum=args.momentum, weight_decay=args.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.schedule, gamma=0.1)
     scaler = grad_scaler(d.device, args.amp)
 
@@ -1031,9 +1031,9 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
         model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.distributed else model
     params = [p for p in model.parameters() if p.requires_grad]
     if frozen:
-        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0, fused=True)
     else:
-        optimizer = torch.optim.Adam(params, lr=args.lr)
+        optimizer = torch.optim.Adam(params, lr=args.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.schedule, gamma=0.1)
     scaler = grad_scaler(d.device, args.amp)
     loader = make_loader(train_set, args, d, train=True)

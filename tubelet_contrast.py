@@ -778,7 +778,7 @@ def main(argv=None):
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                momentum=0.9, weight_decay=args.weight_decay)
+                                momentum=0.9, weight_decay=args.weight_decay, fused=True)
     total_iters = args.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine decay to zero, per iteration
         optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total_iters) / total_iters)))
