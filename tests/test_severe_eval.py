@@ -120,17 +120,19 @@ def test_summary_table_from_result_files(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir(ANNOTATIONS), reason="real annotation files (../shared) not present")
-def test_print_split_lists_the_official_files():
-    lines = run(["--setup", "ucf_1000", "--print-split", "train", "--ann-root", ANNOTATIONS]).stdout.split()
+def test_print_split_lists_the_official_files(capsys):
+    """In process (main(argv) is what the command line runs): four commands cost one torch import."""
+    severe_eval.main(["--setup", "ucf_1000", "--print-split", "train", "--ann-root", ANNOTATIONS])
+    lines = capsys.readouterr().out.split()
     assert len(lines) == 1010 and all(line.endswith(".avi") for line in lines)
-    assert len(run(["--setup", "hmdb51", "--print-split", "test", "--ann-root", ANNOTATIONS]).stdout.split()) == 1530
-    proc = subprocess.run([sys.executable, "severe_eval.py", "--setup", "ucf101", "--print-split", "train"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "--print-split train needs --ann-root" in proc.stderr
+    severe_eval.main(["--setup", "hmdb51", "--print-split", "test", "--ann-root", ANNOTATIONS])
+    assert len(capsys.readouterr().out.split()) == 1530
+    with pytest.raises(SystemExit, match="--print-split train needs --ann-root"):
+        severe_eval.main(["--setup", "ucf101", "--print-split", "train"])
     # the list-file flags of the other video scripts are not offered: setups read their official files
-    proc = subprocess.run([sys.executable, "severe_eval.py", "--train-list", "x.txt"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "unrecognized arguments: --train-list" in proc.stderr
+    with pytest.raises(SystemExit):
+        severe_eval.main(["--train-list", "x.txt"])
+    assert "unrecognized arguments: --train-list" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes(tmp_path):
