@@ -627,12 +627,16 @@ class SkeletonContrast(nn.Module):
 
 # ============ data ============
 
-def dataset_splits(root, say=print):
-    """(train, val) SkeletonDatasets of a protocol folder; without one, the synthetic skeletons."""
+def dataset_splits(root, say=print, flag="--data-root"):
+    """(train, val) SkeletonDatasets of a protocol folder; without one, the synthetic skeletons.
+    A missing or unreadable file stops the run with one line naming `flag` and the file."""
     if root is None:
         synthetic = synthetic_skeleton_dataset()
         return SkeletonDataset(**synthetic["train"]), SkeletonDataset(**synthetic["val"])
-    splits = [SkeletonDataset(**protocol_paths(root, split)) for split in ("train", "val")]
+    try:
+        splits = [SkeletonDataset(**protocol_paths(root, split)) for split in ("train", "val")]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{flag} {root}: {err}") from None
     for split, dataset in zip(("train", "val"), splits):
         if dataset.num_frames is None:
             say(f"{root}: no {split}_num_frame.npy; valid frames are counted per sample (zero padding and "
@@ -646,7 +650,7 @@ def transfer_splits(root, say=print):
     if root is None:
         synthetic = synthetic_skeleton_dataset(num_classes=10, per_class_train=16, per_class_val=8, seed=1)
         return SkeletonDataset(**synthetic["train"]), SkeletonDataset(**synthetic["val"])
-    return dataset_splits(root, say)
+    return dataset_splits(root, say, flag="--transfer-data-root")
 
 
 def num_classes(dataset):
@@ -824,6 +828,11 @@ def parse_args(argv=None):
                         "the augmentation share of a contrast step on --device, then exit")
     parser.set_defaults(epochs=450, batch_size=64, lr=0.01, out_dir="runs/skeleton_contrast")
     args = parse_with_presets(parser, argv, PRESETS)
+    if not args.eval and not args.prepare:
+        try:
+            check_queue_size(args.queue_size, args.batch_size)  # --batch-size is the global batch
+        except ValueError as err:
+            parser.error(str(err))
     if args.prepare and (not args.raw_dir or not args.data_root):
         parser.error(f"--prepare {args.prepare} needs --raw-dir (the raw download) and --data-root "
                      f"(the output folder)")
@@ -875,7 +884,6 @@ def benchmark(args, d, model, optimizer):
 
 
 def pretrain(args, d):
-    check_queue_size(args.queue_size, args.batch_size)
     train_set, _ = dataset_splits(args.data_root, d.print)
     loader = make_loader(train_set, args, d, train=True, drop_last=True)
     if len(loader) == 0:

@@ -656,6 +656,10 @@ def parse_args(argv=None):
     parser.set_defaults(epochs=100, batch_size=128, lr=0.01, clip_len=16, crop_size=112,
                         out_dir="runs/tubelet_contrast")
     args = parse_with_presets(parser, argv, PRESETS)
+    try:
+        check_queue_size(args.queue_size, args.batch_size)  # --batch-size is the global batch
+    except ValueError as err:
+        parser.error(str(err))
     if args.data_root is not None and args.train_list is None:
         parser.error("--train-list is required with --data-root (a 'path label' list or the Kinetics-400 CSV)")
     if args.data_root is None and args.train_list is not None:
@@ -749,7 +753,6 @@ def main(argv=None):
     d.print(json.dumps(vars(args)))
     for line in args.presets:
         d.print(line)
-    check_queue_size(args.queue_size, args.batch_size)
     batch_size = d.local_batch(args.batch_size)
 
     # ---- data: uint8 clips decoded on CPU workers, augmented on the device ----

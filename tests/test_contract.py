@@ -58,6 +58,8 @@ def other_value(key, value):
         return None
     if key == "seeds":  # distill_modality's comma list
         return ["5"], [5]
+    if key in ("batch_size", "queue_size"):  # doubled: the queue must stay a whole number of batches
+        return [str(2 * value)], 2 * value
     if isinstance(value, int):
         return [str(value + 3)], value + 3
     if isinstance(value, float):

@@ -201,15 +201,19 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
     assert dropped[len("encoder_q.seq.backbone."):] in proc.stderr
 
 
-def test_bad_flags_are_named(skeletons, tmp_path):
-    proc = run([*TINY, "--data-root", skeletons["root"], "--reprs", "seq,rgb"], check=False)
-    assert proc.returncode != 0 and "seq,rgb" in proc.stderr
-    proc = run([*TINY, "--data-root", skeletons["root"], "--queue-size", "20"], check=False)
-    assert proc.returncode != 0 and "--queue-size 20" in proc.stderr
-    proc = run([*TINY, "--data-root", str(tmp_path), "--out-dir", str(tmp_path / "o")], check=False)
-    assert proc.returncode != 0 and "train_data_joint.npy" in proc.stderr
-    proc = run([*TINY, "--eval", "linear"], check=False)
-    assert proc.returncode != 0 and "--checkpoint" in proc.stderr
+def test_bad_flags_are_named(skeletons, tmp_path, capsys):
+    """Each refused with one line (argparse's error or SystemExit's message, no traceback) naming the flag;
+    in process, as main(argv) is what the command line runs."""
+    def refusal(*argv):
+        with pytest.raises(SystemExit) as stop:
+            sc.main([*TINY, *argv])
+        return f"{stop.value.code} {capsys.readouterr().err}"
+
+    assert "seq,rgb" in refusal("--data-root", skeletons["root"], "--reprs", "seq,rgb")
+    assert "--queue-size 20 is not divisible" in refusal("--data-root", skeletons["root"], "--queue-size", "20")
+    message = refusal("--data-root", str(tmp_path), "--out-dir", str(tmp_path / "o"))
+    assert f"--data-root {tmp_path}" in message and "train_data_joint.npy" in message
+    assert "--eval linear needs --checkpoint" in refusal("--eval", "linear")
 
 
 def test_torchrun_two_processes(skeletons, tmp_path):
