@@ -571,7 +571,10 @@ def pretraining_videos(args, d):
         synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos)
         samples = read_samples(synthetic["train_list"], synthetic["root"])
     else:
-        samples = read_samples(args.train_list, args.data_root)
+        try:
+            samples = read_samples(args.train_list, args.data_root)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--train-list / --data-root: {err}") from None
     if args.data_fraction < 1.0:  # Fig. 5.6: a random subset of the pretraining videos, drawn by --seed
         rng = np.random.RandomState(args.seed)
         keep = int(round(args.data_fraction * len(samples)))

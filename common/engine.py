@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import pickle
 import random
 import time
 
@@ -281,8 +282,13 @@ def resume_path(resume, out_dir):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Our checkpoints hold only tensors and built-in types, so they open with weights_only=True."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Our checkpoints hold only tensors and built-in types, so they open with weights_only=True.
+    A file that is not one (corrupt, truncated, another format) stops the run with one line naming it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise SystemExit(f"{path}: not a checkpoint this project wrote (torch.load(weights_only=True): "
+                         f"{str(err).splitlines()[0]})") from None
 
 
 def checkpoint_args(path):

@@ -54,3 +54,11 @@ def test_strict_loading_names_mismatched_keys():
 def test_depth_and_flow_encoders_take_other_channel_counts():
     encoder, _ = video_encoder("r3d_18", in_channels=1)
     assert encoder(torch.zeros(1, 1, 4, 32, 32)).shape == (1, 512)
+
+
+def test_a_corrupt_checkpoint_is_refused_with_one_line_naming_it(tmp_path):
+    from common.engine import load_checkpoint
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="checkpoint.pt: not a checkpoint this project wrote"):
+        load_checkpoint(str(bad))
