@@ -574,15 +574,13 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
             setup_name, "verb"))
     else:
         raise ValueError(f"setup {setup_name!r} has an unknown dataset {s.dataset!r}")
-    if s.dataset in ("ssv2", "epic_kitchens") and video_root is not None:
-        # SEVERE ran on SSv2 videos converted from the released .webm, and EK-100's .MP4 recordings are often
-        # re-encoded smaller: take whatever extension is on disk
-        paths = extensions_on_disk(video_root, [p for p, *_ in samples])
-        samples = [(path, *rest) for path, (_, *rest) in zip(paths, samples)]
     if video_root is not None:
+        # SEVERE ran on SSv2 videos converted from the released .webm, and EK-100's .MP4 recordings are often
+        # re-encoded smaller: for those two, take whatever extension is on disk
         on_disk = drop_missing([(os.path.join(video_root, p), k) for k, (p, *_) in enumerate(samples)],
-                               f"{setup_name} {split} split (--data-root {video_root})")
-        samples = [samples[k] for _, k in on_disk]
+                               f"{setup_name} {split} split (--data-root {video_root})",
+                               any_extension=s.dataset in ("ssv2", "epic_kitchens"))
+        samples = [(os.path.relpath(full, video_root), *samples[k][1:]) for full, k in on_disk]
     subset_size = s.subset_size if subset_size is None else subset_size
     if subset_size and split == "train":
         samples = low_shot_subset(samples, s.num_classes, subset_size, subset_seed)
@@ -591,18 +589,6 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
     if s.task == "aot":
         samples = [(path, direction) for path, _ in samples for direction in (0, 1)]
     return samples
-
-
-def extensions_on_disk(video_root, paths):
-    """`paths` (relative to video_root), each with the extension of the file of the same name on disk, if
-    there is one; each folder is listed once."""
-    stems = {}
-    for folder in {os.path.dirname(p) for p in paths}:
-        full = os.path.join(video_root, folder)
-        names = sorted(os.listdir(full)) if os.path.isdir(full) else []
-        stems[folder] = {os.path.splitext(n)[0]: n for n in names}
-    found = [stems[os.path.dirname(p)].get(os.path.splitext(os.path.basename(p))[0]) for p in paths]
-    return [os.path.join(os.path.dirname(p), f) if f else p for p, f in zip(paths, found)]
 
 
 def print_split(setup_name, split, ann_root, subset_seed=99999, subset_size=None):

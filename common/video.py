@@ -188,25 +188,35 @@ def _check_exists(path, what):
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
-def drop_missing(samples, what):
+def drop_missing(samples, what, any_extension=False):
     """The samples (path first in each tuple) whose file or folder is on disk, in order.
 
     Incomplete downloads (FineGym, Kinetics, SSv2) are the common case: the others are left out
     here, before any subset is drawn, and reported once (count and the first names). Each folder
     is listed once, so a list of 200k videos costs a few directory reads, not 200k stats.
+    any_extension: a file of the same name with another extension counts too, and the kept sample's
+    path takes the extension found on disk (SSv2 converted from .webm, EK-100 re-encoded).
     """
     listed = {}
 
-    def on_disk(path):
+    def key(name):
+        return os.path.splitext(name)[0] if any_extension else name
+
+    def on_disk(path):  # the path as it is on disk, or None
         folder, name = os.path.split(os.path.normpath(path))
         if folder not in listed:
-            listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-        return name in listed[folder]
+            names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            listed[folder] = {key(n): n for n in names}
+        found = listed[folder].get(key(name))
+        return found and os.path.splitext(path)[0] + os.path.splitext(found)[1]
 
     kept, missing = [], []
-    for sample in samples:
-        (kept if on_disk(sample[0]) else missing).append(sample)
-    missing = [path for path, *_ in missing]
+    for path, *rest in samples:
+        found = on_disk(path)
+        if found:
+            kept.append((found, *rest))
+        else:
+            missing.append(path)
     if missing and not kept:
         raise FileNotFoundError(f"{what}: none of its {len(samples)} files is on disk (the first: {missing[0]})")
     if missing and os.environ.get("RANK", "0") == "0":
