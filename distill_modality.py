@@ -477,15 +477,6 @@ def _encoder_state(raw, path):
     raise SystemExit(f"{path}: not a teacher/student file, stage checkpoint or torchvision state dict")
 
 
-def read_weights(path, flag):
-    if not os.path.isfile(path):
-        raise SystemExit(f"{flag} {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file or an old pickle: say which file and flag
-        raise SystemExit(f"{flag} {path}: cannot be read with torch.load(weights_only=True): {err}") from None
-
-
 def load_encoder(encoder, state, path, flag, channels, what):
     """common.backbones' strict load; a first convolution with the wrong number of input channels gets
     a message that names the flag, the file and the modality instead of a shape mismatch."""
@@ -508,7 +499,7 @@ def build_teacher(args, path):
     without gradients."""
     channels = MODALITY_CHANNELS[args.teacher_modality]
     encoder, _ = video_encoder(args.arch, in_channels=channels)
-    raw = read_weights(path, "--teacher-checkpoint")
+    raw = load_checkpoint(path, name=f"--teacher-checkpoint {path}")
     if isinstance(raw, dict) and raw.get("modality") not in (None, args.teacher_modality):
         raise SystemExit(f"--teacher-checkpoint {path}: a {raw['modality']} teacher, but "
                          f"--teacher-modality {args.teacher_modality}")
@@ -1085,7 +1076,7 @@ def initial_student(args, num_classes):
         if not os.path.isfile(path):
             raise SystemExit(f"no transferred student at {path}: run --stage transfer first, pass "
                              f"--student-checkpoint, or use --init scratch")
-        raw = read_weights(path, "--student-checkpoint")
+        raw = load_checkpoint(path, name=f"--student-checkpoint {path}")
         load_encoder(encoder, _encoder_state(raw, path), path, "--student-checkpoint",
                      1 if args.target == "depth" else 3, what)
     elif args.init == "teacher":

@@ -774,7 +774,12 @@ def read_checkpoint(path):
     except pickle.UnpicklingError:
         print(f"{path}: not loadable with weights_only=True; opening it with full unpickling (trusted file)",
               flush=True)
+    except (RuntimeError, EOFError, ValueError) as err:  # truncated or not a torch file at all
+        raise SystemExit(f"--checkpoint {path}: torch.load cannot read it ({str(err).splitlines()[0]})") from None
+    try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a corrupt pickle
+        raise SystemExit(f"--checkpoint {path}: torch.load cannot read it ({str(err).splitlines()[0]})") from None
 
 
 def file_sha256(path):

@@ -281,19 +281,27 @@ def resume_path(resume, out_dir):
     return resume
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", name=None):
     """Our checkpoints hold only tensors and built-in types, so they open with weights_only=True.
-    A file that is not one (corrupt, truncated, another format) stops the run with one line naming it."""
+    A file that is not there or is not one (corrupt, truncated, another format) stops the run with
+    one line naming it: `name` (e.g. "--teacher-checkpoint FILE"), the path if not given."""
+    name = name or path
+    if not os.path.isfile(path):
+        raise SystemExit(f"{name}: no such file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise SystemExit(f"{path}: not a checkpoint this project wrote (torch.load(weights_only=True): "
-                         f"{str(err).splitlines()[0]})") from None
+        raise SystemExit(f"{name}: not a checkpoint torch.load(weights_only=True) can read "
+                         f"({str(err).splitlines()[0]})") from None
 
 
 def checkpoint_args(path):
     """The flags a checkpoint was written with (its 'args'), memory-mapped: its tensors are not read."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args", {})
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args", {})
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise SystemExit(f"{path}: not a checkpoint torch.load(weights_only=True) can read "
+                         f"({str(err).splitlines()[0]}); move it away or give another --out-dir") from None
 
 
 # Flags that say how a run is executed, not what it computes: --resume accepts a change of these.

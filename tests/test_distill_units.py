@@ -265,6 +265,17 @@ def test_torchvision_state_dict_with_wrong_channels_names_flag_and_file(tmp_path
     assert "weights do not match" in str(err.value) and path in str(err.value)
 
 
+def test_a_missing_or_truncated_teacher_file_is_one_line_naming_the_flag(tmp_path):
+    path = str(tmp_path / "teacher.pt")
+    with pytest.raises(SystemExit, match=f"--teacher-checkpoint {path}: no such file"):
+        dm.build_teacher(_args(tmp_path), path)
+    torch.save(dict(encoder={"w": torch.zeros(1000)}), path)
+    with open(path, "r+b") as f:
+        f.truncate(1500)
+    with pytest.raises(SystemExit, match=f"--teacher-checkpoint {path}: not a checkpoint"):
+        dm.build_teacher(_args(tmp_path), path)
+
+
 def test_a_skeleton_student_file_of_another_width_names_the_file_without_an_arch_hint(tmp_path):
     from common.backbones import STGCN
     path = str(tmp_path / "student.pt")

@@ -60,5 +60,8 @@ def test_a_corrupt_checkpoint_is_refused_with_one_line_naming_it(tmp_path):
     from common.engine import load_checkpoint
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="checkpoint.pt: not a checkpoint this project wrote"):
+    with pytest.raises(SystemExit, match=r"checkpoint.pt: not a checkpoint torch.load\(weights_only=True\) can read"):
         load_checkpoint(str(bad))
+    from common.engine import checkpoint_args  # a fresh run that would overwrite it reads its flags first
+    with pytest.raises(SystemExit, match=r"checkpoint.pt: not a checkpoint .* give another --out-dir"):
+        checkpoint_args(str(bad))

@@ -272,6 +272,18 @@ def test_unsafe_pickle_only_as_fallback(tmp_path):
     assert torch.equal(se.read_checkpoint(safe)["model"]["x"], torch.ones(2))
 
 
+def test_a_corrupt_checkpoint_is_one_line_naming_the_flag(tmp_path):
+    """A truncated download (zip archive cut short) and a file that is not a torch file at all."""
+    good = save(tmp_path, {"model": {"x": torch.ones(1000)}, "args": argparse.Namespace(lr=0.1)})
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(open(good, "rb").read()[:2000])
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x02not a pickle at all")
+    for path in (truncated, garbage):
+        with pytest.raises(SystemExit, match=f"--checkpoint {path}: torch.load cannot read it"):
+            se.read_checkpoint(str(path))
+
+
 # ============ TCLR's network ============
 
 def test_tclr_layer4_keeps_time():
