@@ -432,27 +432,33 @@ class VideoClipDataset(torch.utils.data.Dataset):
             self._rng, self._rng_seed = np.random.default_rng(seed), seed
         return self._rng
 
+    def segment(self, i):
+        """(path, first, last) of video i: the frames of its file that are the video; first and last
+        are None for a whole file."""
+        path, _, *segment = self.samples[i]
+        return (path, *segment) if segment else (path, None, None)
+
     def num_frames(self, i):
         """Frames of video i; of a segment, those of first..last that the file has (an annotation may
         run past the end of its recording)."""
-        path, segment = self.samples[i][0], self.samples[i][2:]
+        path, first, last = self.segment(i)
         if path not in self._num_frames:
             self._num_frames[path] = count_frames(path)
-        if not segment:
+        if first is None:
             return self._num_frames[path]
-        if segment[0] >= self._num_frames[path]:
-            raise VideoReadError(f"{path}: segment {segment[0]}-{segment[1]} starts past its last frame "
+        if first >= self._num_frames[path]:
+            raise VideoReadError(f"{path}: segment {first}-{last} starts past its last frame "
                                  f"{self._num_frames[path] - 1}")
-        return min(segment[1], self._num_frames[path] - 1) - segment[0] + 1
+        return min(last, self._num_frames[path] - 1) - first + 1
 
     def name(self, i):
         """Video i as bad-file reports name it: its path, with a segment's frames (each counts on its own)."""
-        path, segment = self.samples[i][0], self.samples[i][2:]
-        return f"{path} (frames {segment[0]}-{segment[1]})" if segment else path
+        path, first, last = self.segment(i)
+        return path if first is None else f"{path} (frames {first}-{last})"
 
     def first_frame(self, i):
         """Index in its file of video i's frame 0: a segment's first frame, else 0."""
-        return self.samples[i][2] if len(self.samples[i]) > 2 else 0
+        return self.segment(i)[1] or 0
 
     def frame_stride(self, i, stride):
         """The stride of video i: `stride`; with `spread` its frames / clip_len; with `fps` its native
