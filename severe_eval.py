@@ -2157,13 +2157,20 @@ def main(argv=None):
         if not (args.ann_root or args.data_root):
             raise SystemExit(f"--print-split {args.print_split} needs --ann-root (the folder of the official "
                              f"annotation files) or --data-root")
-        print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed, args.subset_size)
-        return
-    d = Dist(args.device)
-    seed_everything(args.seed, d.rank)
-    args.run_setups = list(SEVERE_SETUPS) if args.setup == "all" else [args.setup]
-    d.print(json.dumps(vars(args)))
-    runs = [prepare_setup(args, d, name) for name in args.run_setups]  # every input checked first
+    flag = "--ann-root" if args.ann_root else "--data-root"
+    try:  # a missing or malformed annotation file, or no video on disk: one line, before any training
+        if args.print_split:
+            print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed,
+                        args.subset_size)
+            return
+        d = Dist(args.device)
+        seed_everything(args.seed, d.rank)
+        args.run_setups = list(SEVERE_SETUPS) if args.setup == "all" else [args.setup]
+        d.print(json.dumps(vars(args)))
+        runs = [prepare_setup(args, d, name) for name in args.run_setups]  # every input checked first
+    except (FileNotFoundError, AnnotationError) as err:
+        root = args.ann_root or args.data_root
+        raise SystemExit(f"{err} ({flag} {root})" if root else str(err)) from None
     for run in runs:
         run_setup(d=d, **run)
     d.close()

@@ -135,6 +135,16 @@ def test_print_split_lists_the_official_files(capsys):
     assert "unrecognized arguments: --train-list" in capsys.readouterr().err
 
 
+def test_a_missing_annotation_file_is_one_line_before_training(tmp_path):
+    """The shipped annotations have no Charades CSVs: the run stops in setup, naming the file and the flag."""
+    with pytest.raises(SystemExit) as err:
+        severe_eval.main([*TINY, "--setup", "charades", "--data-root", str(tmp_path), "--ann-root", ANNOTATIONS,
+                          "--out-dir", str(tmp_path / "out")])
+    message = str(err.value)
+    assert "Charades_v1_train.csv" in message and "--ann-root" in message and "\n" not in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_torchrun_two_processes(tmp_path):
     out = str(tmp_path / "ddp")
     proc = subprocess.run(
