@@ -24,9 +24,12 @@ import tubelet_contrast  # noqa: E402
 from common import engine  # noqa: E402
 from common.synthetic import write_avi  # noqa: E402
 from common.video import drop_missing  # noqa: E402
+from tests.script_run import run_main  # noqa: E402
 
 
 def run(script, args, check=True, timeout=900):
+    """`python SCRIPT ARGS` in a real process: the README's commands (other command lines of the
+    suite run in process, tests/script_run.py)."""
     proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if check and proc.returncode != 0:
@@ -223,9 +226,10 @@ def test_severe_readme_command_on_a_ucf101_miniature(tmp_path):
 
 def test_severe_checks_every_setup_before_training(tmp_path):
     """--setup all: a missing annotation file of a later setup stops the run before the first trains."""
-    proc = run("severe_eval.py", ["--setup", "all", "--data-root", str(tmp_path), "--ann-root", str(tmp_path),
+    proc = run_main(severe_eval, ["--setup", "all", "--data-root", str(tmp_path), "--ann-root", str(tmp_path),
                                   "--device", "cpu"], check=False)
-    assert proc.returncode != 0 and "something-something-v2-labels.json" in proc.stderr
+    assert proc.returncode == 1 and "something-something-v2-labels.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert "epoch 0 [" not in proc.stdout
 
 
@@ -234,11 +238,11 @@ def test_severe_checks_every_setup_before_training(tmp_path):
 def test_distill_refuses_missing_target_folders_before_the_teacher_trains(tmp_path):
     (tmp_path / "rgb").mkdir()
     (tmp_path / "flow").mkdir()
-    proc = run("distill_modality.py", ["--rgb-dir", str(tmp_path / "rgb"), "--flow-dir", str(tmp_path / "flow"),
+    proc = run_main(distill_modality, ["--rgb-dir", str(tmp_path / "rgb"), "--flow-dir", str(tmp_path / "flow"),
                                        "--depth-dir", str(tmp_path / "nodepth"), "--out-dir", str(tmp_path / "o"),
                                        "--device", "cpu"], check=False)
     assert proc.returncode != 0 and f"--depth-dir {tmp_path / 'nodepth'}: no such folder" in proc.stderr
-    proc = run("distill_modality.py", ["--target", "skeleton", "--rgb-dir", str(tmp_path / "rgb"), "--flow-dir",
+    proc = run_main(distill_modality, ["--target", "skeleton", "--rgb-dir", str(tmp_path / "rgb"), "--flow-dir",
                                        str(tmp_path / "flow"), "--out-dir", str(tmp_path / "o"), "--device", "cpu"],
                check=False)
     assert proc.returncode != 0 and "--skeleton-dir is needed for the skeleton student" in proc.stderr

@@ -1,4 +1,4 @@
-"""distill_modality.py driven the way a user drives it: subprocesses with tiny flags on a small
+"""distill_modality.py driven the way a user drives it: command lines (in process) with tiny flags on a small
 synthetic NTU RGB+D (RGB avi, 16-bit masked depth PNGs, flow JPEGs, skeleton .npy/.pkl)."""
 import json
 import os
@@ -9,7 +9,9 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
+import distill_modality as dm
 from common.synthetic import synthetic_paired_dataset
+from tests.script_run import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny everything: 4-frame clips of 16 x 16, one epoch per stage, 1 label per class.
@@ -37,11 +39,11 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def run(args, check=True):
-    proc = subprocess.run([sys.executable, "distill_modality.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=ENV)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
+    """`OMP_NUM_THREADS=1 python distill_modality.py ARGS`, in process (tests/script_run.py); the
+    per-process folder listings are forgotten first, as a new process would start without them."""
+    dm.depth_files.cache_clear()
+    dm.flow_files.cache_clear()
+    return run_main(dm, args, check, threads=1)
 
 
 def read_log(path):

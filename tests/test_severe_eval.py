@@ -1,4 +1,4 @@
-"""severe_eval.py driven as a user drives it: subprocesses with tiny flags on the built-in
+"""severe_eval.py driven as a user drives it: command lines (run in process, tests/script_run.py) with tiny flags on the built-in
 synthetic videos (mp4 files and list files), for every protocol and task that is implemented."""
 import json
 import os
@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models.video import r2plus1d_18
 
 import severe_eval
+from tests.script_run import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANNOTATIONS = os.path.join(REPO, "..", "shared", "data", "annotations")
@@ -19,11 +20,8 @@ TINY = ["--epochs", "1", "--batch-size", "4", "--clip-len", "4", "--crop-size", 
 
 
 def run(args, check=True):
-    proc = subprocess.run([sys.executable, "severe_eval.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
+    """`python severe_eval.py ARGS`, in process (tests/script_run.py)."""
+    return run_main(severe_eval, args, check)
 
 
 def result(out_dir, setup, protocol="finetune"):

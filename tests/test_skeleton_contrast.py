@@ -1,6 +1,6 @@
 """skeleton_contrast.py: the contrast wiring of Eq. 3.5-3.8 on hand-made embeddings, the label
 subsets and kNN of the downstream protocols, and the script driven the way a user drives it
-(subprocesses with tiny flags on skeletons written in the real .npy/.pkl format)."""
+(command lines, in process, with tiny flags on skeletons written in the real .npy/.pkl format)."""
 import json
 import math
 import os
@@ -14,6 +14,7 @@ from torch import nn
 
 import skeleton_contrast as sc
 from common.synthetic import synthetic_skeleton_dataset
+from tests.script_run import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny everything: 16-frame views, encoders at 1/16 width, batch 8, a 24-key queue.
@@ -28,12 +29,9 @@ def skeletons(tmp_path_factory):
                                       per_class_val=4, frames=(20, 40), seed=3)
 
 
-def run(args, check=True, env=None):
-    proc = subprocess.run([sys.executable, "skeleton_contrast.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
+def run(args, check=True):
+    """`python skeleton_contrast.py ARGS`, in process (tests/script_run.py)."""
+    return run_main(sc, args, check)
 
 
 def read_log(out_dir):

@@ -1,4 +1,4 @@
-"""tubelet_contrast.py driven the way a user drives it: subprocesses with tiny flags on videos
+"""tubelet_contrast.py driven the way a user drives it: command lines (in process) with tiny flags on videos
 written in the real formats (mp4 + list file)."""
 import json
 import os
@@ -11,7 +11,9 @@ from torch import nn
 from torchvision.io import decode_png, read_file
 from torchvision.models.video import r2plus1d_18, r3d_18
 
+import tubelet_contrast
 from common.synthetic import synthetic_video_dataset
+from tests.script_run import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny everything: 4 frames of 32 x 32, batch 4, patches of 4-12 px, a 16-key queue.
@@ -27,12 +29,9 @@ def videos(tmp_path_factory):
                                    num_frames=12, size=(40, 54), seed=1)
 
 
-def run(args, cwd=REPO, check=True, env=None):
-    proc = subprocess.run([sys.executable, "tubelet_contrast.py", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
+def run(args, cwd=REPO, check=True):
+    """`python tubelet_contrast.py ARGS` from cwd, in process (tests/script_run.py)."""
+    return run_main(tubelet_contrast, args, check, cwd=cwd)
 
 
 def data_flags(videos):
