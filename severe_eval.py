@@ -39,8 +39,8 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, grad_scaler, optimizer_step,
-                           parse_with_presets, resume_training, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, grad_scaler, int_at_least,
+                           optimizer_step, parse_with_presets, resume_training, save_epoch, seed_everything, unwrap)
 from common.skeleton import ntu_split, parse_ntu_name
 from common.synthetic import synthetic_repetition_videos, synthetic_video_dataset
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
@@ -774,7 +774,7 @@ def read_checkpoint(path):
     except pickle.UnpicklingError:
         print(f"{path}: not loadable with weights_only=True; opening it with full unpickling (trusted file)",
               flush=True)
-    except (RuntimeError, EOFError, ValueError) as err:  # truncated or not a torch file at all
+    except Exception as err:  # noqa: BLE001 -- truncated or not a torch file at all (struct.error, ...)
         raise SystemExit(f"--checkpoint {path}: torch.load cannot read it ({str(err).splitlines()[0]})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -1299,7 +1299,7 @@ def load_results(dirs):
     out = []
     for d in dirs:
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"load_results: no directory {d}")
+            raise SystemExit(f"--summary {d}: no such folder")
         for path in sorted(glob.glob(os.path.join(d, "**", "results*.json"), recursive=True)):
             with open(path) as f:
                 data = json.load(f)
@@ -1871,7 +1871,7 @@ def parse_args(argv=None):
                         "--dataset-root ssv2=/data/ssv2 gym99=/data/finegym); datasets: "
                         + ", ".join(DATASETS) + ". A setup whose dataset has none uses --data-root")
     g.add_argument("--subset-seed", type=int, default=99999, help="seed of the 1,000-sample subsets (SEVERE's)")
-    g.add_argument("--subset-size", type=int, default=0, metavar="N",
+    g.add_argument("--subset-size", type=int_at_least(0), default=0, metavar="N",
                    help="train on N videos drawn as SEVERE's 10^3 subsets, the same number per class (Fig. 4.3, "
                         "B.13: 1,000 doubling to the full set); 0 = the whole training split. The 10^3 setups' "
                         "preset: 1000")
@@ -1879,7 +1879,7 @@ def parse_args(argv=None):
                    help="print the setup's video paths of that split, one per line, and exit")
     g.add_argument("--summary", nargs="+", default=None, metavar="DIR",
                    help="print the markdown table of all results JSON files under these folders and exit")
-    g.add_argument("--num-test-clips", type=int, default=10, help="uniformly spaced test clips per video")
+    g.add_argument("--num-test-clips", type=int_at_least(1), default=10, help="uniformly spaced test clips per video")
     g.add_argument("--milestones", type=int, nargs="*", default=[60, 100, 140],
                    help="lr x --gamma at these epochs (SEVERE's configs, in one-clip-per-video epochs)")
     g.add_argument("--gamma", type=float, default=0.3,

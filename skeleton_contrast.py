@@ -44,7 +44,7 @@ from torch import nn
 from torchvision.utils import draw_keypoints, save_image
 
 from common.backbones import AGCN, NTU_EDGES
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler,
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, int_at_least,
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
 from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
@@ -70,7 +70,7 @@ JITTER_MODES = ("matrix", "zero", "authors")
 
 def add_augmentation_args(parser):
     g = parser.add_argument_group("skeleton augmentations (Sec 3.3.1)")
-    g.add_argument("--frames", type=int, default=64,
+    g.add_argument("--frames", type=int_at_least(2), default=64,
                    help="temporal length L of the augmented views X_q, X_k and of the downstream crops "
                         "(Sec 3.4.2 and App. A.1: 64)")
     g.add_argument("--l-min", type=float, default=0.1,
@@ -802,7 +802,7 @@ def parse_args(argv=None):
                         "'supervised-only' row of Table A.1)")
     g.add_argument("--label-fraction", type=float, default=0.01,
                    help="semi: fraction of the training labels, class-balanced (Table 3.3: 0.01 0.05 0.1 0.2)")
-    g.add_argument("--repeats", type=int, default=1,
+    g.add_argument("--repeats", type=int_at_least(1), default=1,
                    help="semi/transfer/finetune: runs with different label subsets and seeds; mean +- std "
                         "is reported (Table 3.3 uses 5)")
     g.add_argument("--transfer-data-root", default=None,
@@ -973,7 +973,7 @@ def pretrained_backbones(args):
     if args.init == "scratch":
         reprs = ["seq"] if args.downstream_reprs == "auto" else args.downstream_reprs
         return {r: build_encoder(r, args.width, args.frames, args.bigru) for r in reprs}, args.width
-    ckpts = {path: load_checkpoint(path) for path in args.checkpoint}
+    ckpts = {path: load_checkpoint(path, name=f"--checkpoint {path}") for path in args.checkpoint}
     for path, ckpt in ckpts.items():
         if "model" not in ckpt or "args" not in ckpt:
             raise SystemExit(f"--checkpoint {path}: not a checkpoint written by skeleton_contrast.py "

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, parse_with_presets,
-                           resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch, seconds_per_call,
-                           seed_everything, sync, unwrap)
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, int_at_least,
+                           parse_with_presets, resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch,
+                           seconds_per_call, seed_everything, sync, unwrap)
 from common.moco import MoCo, check_queue_size
 from common.synthetic import synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
@@ -68,9 +68,9 @@ def add_augmentation_args(parser):
     g.add_argument("--mode", choices=["tubelet", "temporal"], default="tubelet",
                    help="tubelet: v1, v2 from two different videos share M tubelets (Sec 5.3.2, Eq. 5.3-5.4). "
                         "temporal: the Table 5.2 baseline, two temporal crops of one video, each augmented on its own")
-    g.add_argument("--num-tubelets", type=int, default=2, metavar="M",
+    g.add_argument("--num-tubelets", type=int_at_least(1), default=2, metavar="M",
                    help="tubelets per clip, M in Eq. 5.4 (Sec 5.4.1: 2; Table 5.5 ablates 1-3)")
-    g.add_argument("--patch-size", type=int, nargs=2, default=[16, 64], metavar=("MIN", "MAX"),
+    g.add_argument("--patch-size", type=int_at_least(1), nargs=2, default=[16, 64], metavar=("MIN", "MAX"),
                    help="patch sides H', W' uniform in [MIN, MAX] px (Sec 5.4.1, 112x112 clips); "
                         "App. C.2 uses 32 128 for 224x224 clips (I3D)")
     g.add_argument("--motion", choices=["none", "linear", "nonlinear"], default="nonlinear",
@@ -669,6 +669,15 @@ def parse_args(argv=None):
         parser.error("--train-list needs --data-root, the folder its paths are relative to")
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: the cosine schedule needs at least one epoch")
+    if args.clip_len < 2:
+        parser.error(f"--clip-len {args.clip_len}: a tubelet moves over at least two frames")
+    if args.crop_size > args.short_side:
+        parser.error(f"--crop-size {args.crop_size} is larger than the frames it is cut from (--short-side "
+                     f"{args.short_side})")
+    for flag in ("patch_size", "delta", "scale_range", "rotation_range", "shear_range"):
+        low, high = getattr(args, flag)
+        if low > high:
+            parser.error(f"--{flag.replace('_', '-')} {low} {high}: MIN is larger than MAX")
     if not 0.0 < args.data_fraction <= 1.0:
         parser.error(f"--data-fraction {args.data_fraction} must be in (0, 1]")
     return args

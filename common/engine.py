@@ -13,7 +13,6 @@ import datetime
 import json
 import math
 import os
-import pickle
 import random
 import time
 
@@ -23,6 +22,18 @@ import torch.distributed as dist
 
 
 # ============ flags every script shares ============
+
+def int_at_least(low):
+    """argparse type: an int >= low; argparse refuses anything else with one line naming the flag
+    ("argument --batch-size: 0 is below 1")."""
+    def parse(text):
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    parse.__name__ = f"int >= {low}"  # how argparse names the type of a non-integer value
+    return parse
+
 
 def add_common_args(parser, video=True, lists=True, **help):
     """The flags of every script. A script changes a default with `parser.set_defaults` before
@@ -42,15 +53,15 @@ def add_common_args(parser, video=True, lists=True, **help):
         add("--train-list", default=None, help="training list: 'path label' lines, or the Kinetics CSV")
         add("--val-list", default=None, help="validation list, same format")
     add("--out-dir", default="runs/default", help="checkpoint.pt, log.jsonl and the result files are written here")
-    add("--epochs", type=int, default=100, help="passes over the training list")
-    add("--batch-size", type=int, default=32,
+    add("--epochs", type=int_at_least(0), default=100, help="passes over the training list")
+    add("--batch-size", type=int_at_least(1), default=32,
         help="the GLOBAL batch (the thesis's): under torchrun each of N processes takes batch-size / N, so the "
              "same command and --lr reproduce the thesis on any number of GPUs")
     add("--lr", type=float, default=0.01, help="base learning rate, for the global --batch-size")
-    add("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    add("--workers", type=int_at_least(0), default=4, help="DataLoader worker processes per training process")
     if video:
-        add("--clip-len", type=int, default=16, help="frames per clip")
-        add("--crop-size", type=int, default=112, help="spatial size of the network input")
+        add("--clip-len", type=int_at_least(1), default=16, help="frames per clip")
+        add("--crop-size", type=int_at_least(1), default=112, help="spatial size of the network input")
     add("--max-bad-fraction", type=float, default=0.05,
         help="stop the run when more than this fraction of the file reads failed (corrupt or truncated files "
              "are reported once each, replaced in training, left out of metrics)")
@@ -60,7 +71,7 @@ def add_common_args(parser, video=True, lists=True, **help):
              "other method or data flags); or a checkpoint path")
     add("--amp", action="store_true", help="mixed precision: bf16 (or fp16) autocast on CUDA")
     add("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    add("--print-freq", type=int, default=10, help="iterations between progress lines")
+    add("--print-freq", type=int_at_least(1), default=10, help="iterations between progress lines")
     assert not help, f"add_common_args has no flags {sorted(help)}"
     return g
 
@@ -141,7 +152,7 @@ class Dist:
             device_flag = "cuda" if torch.cuda.is_available() else "cpu"
         if device_flag.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise RuntimeError(f"--device {device_flag}: CUDA is not available on this machine")
+                raise SystemExit(f"--device {device_flag}: CUDA is not available on this machine")
             if self.distributed or device_flag == "cuda":
                 device_flag = f"cuda:{self.local_rank}" if self.distributed else "cuda:0"
             torch.cuda.set_device(device_flag)
@@ -277,7 +288,7 @@ def resume_path(resume, out_dir):
         path = os.path.join(out_dir, "checkpoint.pt")
         return path if os.path.exists(path) else None
     if not os.path.isfile(resume):
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        raise SystemExit(f"--resume {resume}: no such checkpoint")
     return resume
 
 
@@ -290,7 +301,7 @@ def load_checkpoint(path, map_location="cpu", name=None):
         raise SystemExit(f"{name}: no such file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- corrupt files raise many kinds (UnpicklingError, struct.error, ...)
         raise SystemExit(f"{name}: not a checkpoint torch.load(weights_only=True) can read "
                          f"({str(err).splitlines()[0]})") from None
 
@@ -299,7 +310,7 @@ def checkpoint_args(path):
     """The flags a checkpoint was written with (its 'args'), memory-mapped: its tensors are not read."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args", {})
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- corrupt files raise many kinds (UnpicklingError, struct.error, ...)
         raise SystemExit(f"{path}: not a checkpoint torch.load(weights_only=True) can read "
                          f"({str(err).splitlines()[0]}); move it away or give another --out-dir") from None
 
@@ -338,7 +349,7 @@ def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, ignor
         if os.path.exists(existing):
             check_resume_args(checkpoint_args(existing), args, existing, ignore, action="--out-dir: would overwrite")
         return None
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, name=f"--resume {path}")
     check_resume_args(ckpt.get("args", {}), args, path, ignore)
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])

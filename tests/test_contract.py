@@ -5,6 +5,7 @@ files are reported and left out of metrics, every input is checked before traini
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -354,3 +355,36 @@ def test_preset_lines_print_booleans_as_flags_a_user_can_type():
     ucf = next(p for p in severe_eval.parse_args(["--setup", "ucf101", "--data-root", "x"]).presets
                if p.startswith("preset --setup ucf101"))
     assert "--colour-jitter " in ucf + " " and "True" not in ucf
+
+
+# ============ bad values: one line naming the flag, before anything runs ============
+
+def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
+    """Found by running bad command lines in process: each of these was a traceback or, worse, a run
+    (--batch-size 0 trained; --patch-size 20 10 and a crop larger than its frames were used)."""
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"junk")  # torch.load raises struct.error on it
+    tub = ["--epochs", "1", "--batch-size", "4", "--queue-size", "16", "--device", "cpu", "--out-dir", str(tmp_path)]
+    cases = [
+        (severe_eval, ["--setup", "ucf101", "--batch-size", "0"], "argument --batch-size: 0 is below 1"),
+        (severe_eval, ["--setup", "ucf101", "--subset-size", "-5"], "argument --subset-size: -5 is below 0"),
+        (severe_eval, ["--setup", "ucf101", "--checkpoint", str(garbage), "--device", "cpu"],
+         f"--checkpoint {garbage}: torch.load cannot read it"),
+        (severe_eval, ["--summary", str(tmp_path / "nope")], "--summary .*nope: no such folder"),
+        (tubelet_contrast, [*tub, "--patch-size", "20", "10"], "--patch-size 20 10: MIN is larger than MAX"),
+        (tubelet_contrast, [*tub, "--crop-size", "64", "--short-side", "36"], "--crop-size 64 is larger than"),
+        (tubelet_contrast, [*tub, "--clip-len", "1"], "--clip-len 1: a tubelet moves over at least two frames"),
+        (tubelet_contrast, [*tub, "--num-tubelets", "0"], "argument --num-tubelets: 0 is below 1"),
+        (tubelet_contrast, [*tub, "--resume", str(garbage)], f"--resume {garbage}: not a checkpoint"),
+        (skeleton_contrast, ["--frames", "0"], "argument --frames: 0 is below 2"),
+        (skeleton_contrast, ["--eval", "linear", "--checkpoint", str(garbage), "--device", "cpu"],
+         f"--checkpoint {garbage}: not a checkpoint"),
+        (distill_modality, ["--teacher-checkpoint", str(garbage), "--device", "cpu", "--out-dir", str(tmp_path)],
+         f"--teacher-checkpoint {garbage}: not a checkpoint"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((tubelet_contrast, [*tub[:-4], "--device", "cuda"], "--device cuda: CUDA is not available"))
+    for module, argv, message in cases:
+        proc = run_main(module, argv, check=False)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (argv, proc.stderr[-2000:])
+        assert re.search(message, proc.stderr.strip().splitlines()[-1]), (argv, proc.stderr[-500:])

@@ -21,7 +21,7 @@ def test_resume_path(tmp_path):
     assert resume_path("auto", str(tmp_path)) is None  # nothing to resume yet: start fresh
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     assert resume_path("auto", str(tmp_path)) == str(tmp_path / "checkpoint.pt")
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(SystemExit, match="--resume .*nope.pt: no such checkpoint"):
         resume_path(str(tmp_path / "nope.pt"), str(tmp_path))
 
 
