@@ -1926,6 +1926,8 @@ def parse_args(argv=None):
             parser.error(f"--dataset-root {item!r}: expected DATASET=DIR with DATASET one of {', '.join(DATASETS)}")
     if args.test_spatial_crops < 1:
         parser.error(f"--test-spatial-crops {args.test_spatial_crops} must be at least 1")
+    if args.video_fps < 0:
+        parser.error(f"--video-fps {args.video_fps}: give a frame rate, or 0 for consecutive native frames")
     return args
 
 

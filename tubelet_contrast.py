@@ -578,6 +578,9 @@ def pretraining_videos(args, d):
     if args.data_fraction < 1.0:  # Fig. 5.6: a random subset of the pretraining videos, drawn by --seed
         rng = np.random.RandomState(args.seed)
         keep = int(round(args.data_fraction * len(samples)))
+        if keep < 2:
+            raise SystemExit(f"--data-fraction {args.data_fraction}: {keep} of the {len(samples)} videos; "
+                             f"pretraining needs at least two")
         samples = [samples[k] for k in sorted(rng.choice(len(samples), keep, replace=False))]
     return samples
 
@@ -636,7 +639,7 @@ def parse_args(argv=None):
                         "under torchrun the keys are shuffled across processes instead. 1 = off")
     g.add_argument("--grad-clip", type=float, default=40.0,
                    help="clip the gradient to this L2 norm, as the authors' config (the thesis is silent); 0 = off")
-    g.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3, 4],
+    g.add_argument("--strides", type=int_at_least(1), nargs="+", default=[1, 2, 3, 4],
                    help="temporal strides a clip is sampled with, one drawn per clip (as the authors' code)")
     g.add_argument("--temporal-jitter", action=argparse.BooleanOptionalAction, default=True,
                    help="move each sampled frame on by a random 0..stride-1 frames, as the authors' frame sampler")

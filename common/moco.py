@@ -14,10 +14,10 @@ from torch import nn
 
 
 def check_queue_size(queue_size, global_batch_size):
-    """The queue is filled in whole batches, so it must hold a whole number of them."""
-    if queue_size % global_batch_size != 0:
+    """The queue is filled in whole batches, so it must hold a whole number of them (at least one)."""
+    if queue_size < global_batch_size or queue_size % global_batch_size != 0:
         raise ValueError(
-            f"--queue-size {queue_size} is not divisible by the global batch size {global_batch_size} "
+            f"--queue-size {queue_size} is not a whole number of global batches of {global_batch_size} "
             f"(--batch-size x number of processes); pick e.g. --queue-size "
             f"{max(global_batch_size, queue_size // global_batch_size * global_batch_size)}")
 

@@ -65,8 +65,10 @@ def test_gradient_reaches_query_encoder_only():
 
 def test_queue_size_must_be_divisible_by_global_batch():
     check_queue_size(65536, 128)
-    with pytest.raises(ValueError, match="--queue-size 100 is not divisible by the global batch size 8"):
+    with pytest.raises(ValueError, match="--queue-size 100 is not a whole number of global batches of 8"):
         check_queue_size(100, 8)
+    with pytest.raises(ValueError, match="--queue-size 0 is not a whole number"):  # an empty queue: no negatives
+        check_queue_size(0, 8)
 
 
 def test_logits_are_fp32_under_autocast():

@@ -208,7 +208,7 @@ def test_bad_flags_are_named(skeletons, tmp_path, capsys):
         return f"{stop.value.code} {capsys.readouterr().err}"
 
     assert "seq,rgb" in refusal("--data-root", skeletons["root"], "--reprs", "seq,rgb")
-    assert "--queue-size 20 is not divisible" in refusal("--data-root", skeletons["root"], "--queue-size", "20")
+    assert "--queue-size 20 is not a whole number" in refusal("--data-root", skeletons["root"], "--queue-size", "20")
     message = refusal("--data-root", str(tmp_path), "--out-dir", str(tmp_path / "o"))
     assert f"--data-root {tmp_path}" in message and "train_data_joint.npy" in message
     assert "--eval linear needs --checkpoint" in refusal("--eval", "linear")

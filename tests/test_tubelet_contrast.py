@@ -150,4 +150,4 @@ def test_queue_not_divisible_by_batch(videos, tmp_path):
     proc = run([*TINY, *data_flags(videos), "--queue-size", "18", "--out-dir", str(tmp_path / "x")],
                check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr  # one line, before anything runs
-    assert "--queue-size 18 is not divisible by the global batch size 4" in proc.stderr
+    assert "--queue-size 18 is not a whole number of global batches of 4" in proc.stderr
