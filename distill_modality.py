@@ -1385,6 +1385,8 @@ def parse_args(argv=None):
     g.add_argument("--protocol", default="xview", choices=["xview", "xsub"], help="NTU split (Sec 2.4.1: cross-view)")
     parser.set_defaults(epochs=0, batch_size=128, lr=0.1, out_dir="runs/distill_modality")
     args = parse_with_presets(parser, argv, PRESETS)
+    if "epochs" in args.given_flags and args.epochs < 1:  # 0, the default, means "each stage's own flag"
+        parser.error(f"--epochs {args.epochs}: every stage trains at least one epoch")
     if args.epochs:  # the shorthand: every stage whose own flag was not given, over any preset
         shorthand = [k for k in STAGE_EPOCHS if k not in args.given_flags]
         for k in shorthand:

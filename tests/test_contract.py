@@ -384,6 +384,7 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         (skeleton_contrast, ["--queue-size", "0"], "--queue-size 0 is not a whole number of global batches"),
         (skeleton_contrast, ["--eval", "linear", "--checkpoint", str(garbage), "--device", "cpu"],
          f"--checkpoint {garbage}: not a checkpoint"),
+        (distill_modality, ["--epochs", "0"], "--epochs 0: every stage trains at least one epoch"),
         (distill_modality, ["--teacher-checkpoint", str(garbage), "--device", "cpu", "--out-dir", str(tmp_path)],
          f"--teacher-checkpoint {garbage}: not a checkpoint"),
     ]
