@@ -845,6 +845,9 @@ def parse_args(argv=None):
         parser.error("--eval knn needs pretrained features: drop --init scratch")
     if not 0.0 < args.label_fraction <= 1.0:
         parser.error(f"--label-fraction {args.label_fraction} must be in (0, 1]")
+    if args.epochs < 1 and args.eval != "knn" and not args.prepare:  # knn trains nothing
+        parser.error(f"--epochs {args.epochs}: {'--eval ' + args.eval if args.eval else 'pretraining'} trains "
+                     f"at least one epoch")
     return args
 
 

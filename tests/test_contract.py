@@ -381,6 +381,9 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         (tubelet_contrast, [*tub, "--data-fraction", "0.001"], "--data-fraction 0.001: 0 of the"),
         (severe_eval, ["--setup", "ucf101", "--video-fps", "-1"], "--video-fps -1.0: give a frame rate"),
         (skeleton_contrast, ["--frames", "0"], "argument --frames: 0 is below 2"),
+        (skeleton_contrast, ["--eval", "linear", "--init", "scratch", "--epochs", "0"],
+         "--epochs 0: --eval linear trains at least one epoch"),  # it wrote 'linear top-1: -100.00'
+        (skeleton_contrast, ["--epochs", "0"], "--epochs 0: pretraining trains at least one epoch"),
         (skeleton_contrast, ["--queue-size", "0"], "--queue-size 0 is not a whole number of global batches"),
         (skeleton_contrast, ["--eval", "linear", "--checkpoint", str(garbage), "--device", "cpu"],
          f"--checkpoint {garbage}: not a checkpoint"),
