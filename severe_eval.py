@@ -770,15 +770,13 @@ def read_checkpoint(path):
     checkpoints or files you made yourself.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        print(f"{path}: not loadable with weights_only=True; opening it with full unpickling (trusted file)",
-              flush=True)
-    except Exception as err:  # noqa: BLE001 -- truncated or not a torch file at all (struct.error, ...)
-        raise SystemExit(f"--checkpoint {path}: torch.load cannot read it ({str(err).splitlines()[0]})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a corrupt pickle
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            print(f"{path}: not loadable with weights_only=True; opening it with full unpickling (trusted file)",
+                  flush=True)
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 -- truncated, corrupt, or not a torch file (struct.error, ...)
         raise SystemExit(f"--checkpoint {path}: torch.load cannot read it ({str(err).splitlines()[0]})") from None
 
 
