@@ -43,8 +43,8 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 from common.backbones import (KINETICS_MEAN, KINETICS_STD, STGCN, convert_hara_state_dict, encoder_state_dict,
                               is_hara_state_dict, load_encoder_weights, video_encoder)
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_resume_args, checkpoint_args,
-                           grad_scaler, int_at_least, load_checkpoint, optimizer_step, parse_with_presets, resume_training,
-                           save_atomic, save_epoch, seed_everything, unwrap)
+                           grad_scaler, int_at_least, load_checkpoint, optimizer_step, parse_with_presets,
+                           resume_training, save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, drop_missing, read_clip,
                           read_or_replace, read_samples)
@@ -1337,7 +1337,7 @@ def parse_args(argv=None):
                         "layer (the skeleton student; --init scratch)")
     g.add_argument("--student-checkpoint", default=None, help="--init transfer from this student.pt "
                    "(default OUT_DIR/transfer/student.pt)")
-    g.add_argument("--per-class", type=int_at_least(1), default=20,
+    g.add_argument("--per-class", type=int_at_least(0), default=20,
                    help="labeled target examples per class for finetuning (Tables 2.1-2.5: 20, 50, 100; 0 = all)")
     g.add_argument("--label-fraction", type=float, default=1.0,
                    help="then keep this random fraction of them (Fig. 2.3: --per-class 0 --label-fraction 0.5)")
@@ -1365,7 +1365,8 @@ def parse_args(argv=None):
                         "code: epochs 50, 100, 150 of 200)")
     g.add_argument("--weight-decay", type=float, default=1e-3,
                    help="student stages (skeleton preset: 1e-5). The teacher always uses 1e-3")
-    g.add_argument("--eval-batch-size", type=int_at_least(1), default=32, help="clips (or sequences) per forward pass when evaluating")
+    g.add_argument("--eval-batch-size", type=int_at_least(1), default=32,
+                   help="clips (or sequences) per forward pass when evaluating")
     g.add_argument("--short-side", type=int, default=128,
                    help="frames are cropped to the centre (eval) or a random (train) square of the short side and "
                         "resized to this on the loader workers; the corner crop to --crop-size follows on the device")

@@ -393,6 +393,8 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
     ]
     if not torch.cuda.is_available():
         cases.append((tubelet_contrast, [*tub[:-4], "--device", "cuda"], "--device cuda: CUDA is not available"))
+    assert distill_modality.parse_args(["--per-class", "0"]).per_class == 0  # 0 = all labels (Fig. 2.3)
+    assert severe_eval.parse_args(["--epochs", "0"]).epochs == 0  # evaluates the initial network
     for module, argv, message in cases:
         proc = run_main(module, argv, check=False)
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (argv, proc.stderr[-2000:])

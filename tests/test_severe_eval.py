@@ -1,5 +1,6 @@
-"""severe_eval.py driven as a user drives it: command lines (run in process, tests/script_run.py) with tiny flags on the built-in
-synthetic videos (mp4 files and list files), for every protocol and task that is implemented."""
+"""severe_eval.py driven as a user drives it: command lines (run in process, tests/script_run.py) with
+tiny flags on the built-in synthetic videos (mp4 files and list files), for every protocol and task
+that is implemented."""
 import json
 import os
 import subprocess
