@@ -67,10 +67,13 @@ def read_label_pickle(path):
     """
     with open(path, "rb") as f:
         try:
-            content = pickle.load(f)
-        except UnicodeDecodeError:
-            f.seek(0)
-            content = pickle.load(f, encoding="latin1")
+            try:
+                content = pickle.load(f)
+            except UnicodeDecodeError:
+                f.seek(0)
+                content = pickle.load(f, encoding="latin1")
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
+            raise ValueError(f"{path}: not a readable label pickle ({err})") from None
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise ValueError(f"{path}: expected a pickled (sample_names, labels) pair, got "
                          f"{type(content).__name__}" + (f" of length {len(content)}"
@@ -128,7 +131,10 @@ class SkeletonDataset:
     def __init__(self, data_path, label_path, num_frame_path=None, mmap=True):
         self.data_path, self.label_path, self.num_frame_path = data_path, label_path, num_frame_path
         self.sample_names, self.labels = read_label_pickle(label_path)
-        self.data = np.load(data_path, mmap_mode="r" if mmap else None)
+        try:
+            self.data = np.load(data_path, mmap_mode="r" if mmap else None)
+        except ValueError as err:  # truncated or not a .npy file
+            raise ValueError(f"{data_path}: {err}") from None
         if self.data.ndim != 5 or self.data.shape[1] != 3:
             raise ValueError(f"{data_path}: expected (N, 3, T, V, M) data, got shape "
                              f"{self.data.shape}")
@@ -141,6 +147,10 @@ class SkeletonDataset:
             if len(self.num_frames) != len(self.labels):
                 raise ValueError(f"{num_frame_path} has {len(self.num_frames)} entries but "
                                  f"{label_path} has {len(self.labels)} labels")
+            bad = np.flatnonzero((self.num_frames < 1) | (self.num_frames > self.data.shape[2]))
+            if len(bad):
+                raise ValueError(f"{num_frame_path}: {len(bad)} frame counts outside 1..{self.data.shape[2]} "
+                                 f"(the first: sample {bad[0]}, {self.num_frames[bad[0]]})")
         self._counted = {}  # lazily computed valid-frame counts, one cache per worker process
 
     def __len__(self):

@@ -320,6 +320,16 @@ def test_skeleton_dataset_errors(tmp_path):
         pickle.dump({"names": []}, f)
     with pytest.raises(ValueError, match="bad.pkl"):
         sk.read_label_pickle(tmp_path / "bad.pkl")
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps((["a", "b"], [0, 1]))[:-5])  # a truncated copy
+    with pytest.raises(ValueError, match="cut.pkl: not a readable label pickle"):
+        sk.read_label_pickle(tmp_path / "cut.pkl")
+    write_labels(tmp_path / "val_label.pkl", ["a", "b", "c"], [0, 1, 1])
+    np.save(tmp_path / "val_num_frame.npy", np.array([10, 0, 11]))  # a sample with no frame, one past T
+    with pytest.raises(ValueError, match=r"val_num_frame.npy: 2 frame counts outside 1..10 \(the first: sample 1, 0"):
+        sk.SkeletonDataset(**sk.protocol_paths(str(tmp_path), "val"))
+    (tmp_path / "val_data_joint.npy").write_bytes(open(tmp_path / "val_data_joint.npy", "rb").read()[:500])
+    with pytest.raises(ValueError, match="val_data_joint.npy: "):  # truncated: mmap longer than the file
+        sk.SkeletonDataset(**sk.protocol_paths(str(tmp_path), "val"))
 
 
 def test_label_pickle_from_python2(tmp_path):
