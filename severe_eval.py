@@ -2157,11 +2157,10 @@ def main(argv=None):
         if not (args.ann_root or args.data_root):
             raise SystemExit(f"--print-split {args.print_split} needs --ann-root (the folder of the official "
                              f"annotation files) or --data-root")
-    flag = "--ann-root" if args.ann_root else "--data-root"
+    flag, ann_root = ("--ann-root", args.ann_root) if args.ann_root else ("--data-root", args.data_root)
     try:  # a missing or malformed annotation file, or no video on disk: one line, before any training
         if args.print_split:
-            print_split(args.setup, args.print_split, args.ann_root or args.data_root, args.subset_seed,
-                        args.subset_size)
+            print_split(args.setup, args.print_split, ann_root, args.subset_seed, args.subset_size)
             return
         d = Dist(args.device)
         seed_everything(args.seed, d.rank)
@@ -2169,8 +2168,7 @@ def main(argv=None):
         d.print(json.dumps(vars(args)))
         runs = [prepare_setup(args, d, name) for name in args.run_setups]  # every input checked first
     except (FileNotFoundError, AnnotationError) as err:
-        root = args.ann_root or args.data_root
-        raise SystemExit(f"{err} ({flag} {root})" if root else str(err)) from None
+        raise SystemExit(f"{err} ({flag} {ann_root})" if ann_root else str(err)) from None
     for run in runs:
         run_setup(d=d, **run)
     d.close()

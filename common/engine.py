@@ -292,27 +292,23 @@ def resume_path(resume, out_dir):
     return resume
 
 
-def load_checkpoint(path, map_location="cpu", name=None):
+def load_checkpoint(path, map_location="cpu", name=None, mmap=False, hint=""):
     """Our checkpoints hold only tensors and built-in types, so they open with weights_only=True.
     A file that is not there or is not one (corrupt, truncated, another format) stops the run with
-    one line naming it: `name` (e.g. "--teacher-checkpoint FILE"), the path if not given."""
+    one line naming it: `name` (e.g. "--teacher-checkpoint FILE"), the path if not given, then `hint`."""
     name = name or path
     if not os.path.isfile(path):
         raise SystemExit(f"{name}: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 -- corrupt files raise many kinds (UnpicklingError, struct.error, ...)
         raise SystemExit(f"{name}: not a checkpoint torch.load(weights_only=True) can read "
-                         f"({str(err).splitlines()[0]})") from None
+                         f"({str(err).splitlines()[0]}){hint}") from None
 
 
 def checkpoint_args(path):
     """The flags a checkpoint was written with (its 'args'), memory-mapped: its tensors are not read."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args", {})
-    except Exception as err:  # noqa: BLE001 -- corrupt files raise many kinds (UnpicklingError, struct.error, ...)
-        raise SystemExit(f"{path}: not a checkpoint torch.load(weights_only=True) can read "
-                         f"({str(err).splitlines()[0]}); move it away or give another --out-dir") from None
+    return load_checkpoint(path, mmap=True, hint="; move it away or give another --out-dir").get("args", {})
 
 
 # Flags that say how a run is executed, not what it computes: --resume accepts a change of these.
