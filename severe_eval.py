@@ -2144,7 +2144,7 @@ def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
         path = os.path.join(out_dir, f"results_{setup_name}_{kind}.json")
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
-        print(f"{setup_name} {args.protocol}: {record['metric_name']} {record['value']:.2f}  ({path})", flush=True)
+        print(f"{setup_name} {kind}: {record['metric_name']} {record['value']:.2f}  ({path})", flush=True)
     return record
 
 

@@ -82,9 +82,10 @@ def test_other_tasks_run_end_to_end(setup, metric, tmp_path):
 @pytest.mark.parametrize("task,metric", [("retrieval", "recall@1"), ("cluster", "purity")])
 def test_frozen_feature_tasks(task, metric, pretrained, tmp_path):
     out = str(tmp_path / task)
-    run(["--setup", "ucf101", "--task", task, *TINY, "--checkpoint", pretrained, "--out-dir", out])
+    proc = run(["--setup", "ucf101", "--task", task, *TINY, "--checkpoint", pretrained, "--out-dir", out])
     r = result(out, "ucf101", task)
     assert r["metric_name"] == metric and 0 <= r["value"] <= 100
+    assert f"ucf101 {task}: {metric} " in proc.stdout  # the printed line names the task, as the file does
 
 
 def test_counting_runs_end_to_end(tmp_path):
