@@ -43,7 +43,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 from common.backbones import (KINETICS_MEAN, KINETICS_STD, STGCN, convert_hara_state_dict, encoder_state_dict,
                               is_hara_state_dict, load_encoder_weights, video_encoder)
 from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_resume_args, checkpoint_args,
-                           grad_scaler, int_at_least, load_checkpoint, optimizer_step, parse_with_presets,
+                           grad_scaler, float_in, int_at_least, load_checkpoint, optimizer_step, parse_with_presets,
                            resume_training, save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, drop_missing, read_clip,
@@ -1326,7 +1326,7 @@ def parse_args(argv=None):
     g.add_argument("--loss", default="cosine", choices=["cosine", "mse"], help="Table 2.2: cosine distance works better")
     g.add_argument("--match-layers", default="last", choices=["last", "all"],
                    help="Sec 2.5.1.4: match the last layer only, or also every ResNet block's pooled output (depth)")
-    g.add_argument("--teacher-clips", type=int, default=0,
+    g.add_argument("--teacher-clips", type=int_at_least(0), default=0,
                    help="clips per video for the teacher's video feature; 0 = frames / clip-len (Eq. 2.3)")
     g.add_argument("--init", default="transfer", choices=["transfer", "scratch", "teacher"],
                    help="student before finetuning (Table 2.4): our transfer, random (From-scratch: every layer "
@@ -1348,30 +1348,33 @@ def parse_args(argv=None):
                    help="fuse two results files' predictions (two-stream row of Table 2.1) and exit")
     g = parser.add_argument_group("schedule and networks (Sec 2.4.3)")
     g.add_argument("--teacher-epochs", type=int, default=200, help="Hara et al.'s code")
-    g.add_argument("--teacher-lr", type=float, default=0.1, help="the teacher's learning rate (Hara et al.: 0.1); "
+    g.add_argument("--teacher-lr", type=float_in(0), default=0.1,
+                   help="the teacher's learning rate (Hara et al.: 0.1); "
                    "--lr is the students' (Sec 2.4.3: 0.1)")
     g.add_argument("--transfer-epochs", type=int, default=400, help="Sec 2.4.3 (skeleton preset: 120)")
     g.add_argument("--finetune-epochs", type=int, default=100, help="Sec 2.4.3 (skeleton preset: 70)")
     g.add_argument("--arch", default="hara_r3d_18", choices=list(ARCHS),
                    help="teacher and depth student: Hara et al.'s 3D-ResNet-18 (the thesis's [83]) or torchvision's "
                         "r3d_18 (for its Kinetics-400 weights)")
-    g.add_argument("--dampening", type=float, default=0.9, help="SGD dampening (Hara et al. 2018, MARS: 0.9)")
+    g.add_argument("--dampening", type=float_in(0, 1), default=0.9, help="SGD dampening (Hara et al. 2018, MARS: 0.9)")
     g.add_argument("--lr-schedule", default="plateau", choices=["plateau", "steps"],
                    help="plateau: lr x0.1 when the epoch's training loss has not fallen for --lr-patience epochs "
                         "(Hara et al. 2018, MARS); steps: lr x0.1 at --lr-steps")
-    g.add_argument("--lr-patience", type=int, default=10, help="--lr-schedule plateau: epochs without improvement")
+    g.add_argument("--lr-patience", type=int_at_least(0), default=10,
+                   help="--lr-schedule plateau: epochs without improvement")
     g.add_argument("--lr-steps", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                    help="--lr-schedule steps: lr x0.1 at these fractions of each stage's epochs (Hara et al.'s later "
                         "code: epochs 50, 100, 150 of 200)")
-    g.add_argument("--weight-decay", type=float, default=1e-3,
+    g.add_argument("--weight-decay", type=float_in(0), default=1e-3,
                    help="student stages (skeleton preset: 1e-5). The teacher always uses 1e-3")
     g.add_argument("--eval-batch-size", type=int_at_least(1), default=32,
                    help="clips (or sequences) per forward pass when evaluating")
     g.add_argument("--short-side", type=int, default=128,
                    help="frames are cropped to the centre (eval) or a random (train) square of the short side and "
                         "resized to this on the loader workers; the corner crop to --crop-size follows on the device")
-    g.add_argument("--stgcn-width", type=float, default=1.0, help="channel multiplier of ST-GCN (1 = Yan et al.)")
-    g.add_argument("--skeleton-frames", type=int, default=300,
+    g.add_argument("--stgcn-width", type=float_in(0, open_low=True), default=1.0,
+                   help="channel multiplier of ST-GCN (1 = Yan et al.)")
+    g.add_argument("--skeleton-frames", type=int_at_least(1), default=300,
                    help="frames of each skeleton sequence the ST-GCN sees: Yan et al. zero-pad to 300; less skips "
                         "the padding of data whose sequences are all shorter (refused if one is longer)")
     g = parser.add_argument_group("data (NTU RGB+D layout; see the README)")

@@ -39,8 +39,9 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, grad_scaler, int_at_least,
-                           optimizer_step, parse_with_presets, resume_training, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, float_in, grad_scaler,
+                           int_at_least, optimizer_step, parse_with_presets, resume_training, save_epoch,
+                           seed_everything, unwrap)
 from common.skeleton import ntu_split, parse_ntu_name
 from common.synthetic import synthetic_repetition_videos, synthetic_video_dataset
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
@@ -1882,7 +1883,7 @@ def parse_args(argv=None):
                    help="lr x --gamma at these epochs (SEVERE's configs, in one-clip-per-video epochs)")
     g.add_argument("--gamma", type=float, default=0.3,
                    help="lr decay factor at each milestone (SEVERE's configs 0.3; the text of App. B says 0.1)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam / SGD weight decay (Table C.4)")
+    g.add_argument("--weight-decay", type=float_in(0), default=0.0, help="Adam / SGD weight decay (Table C.4)")
     g.add_argument("--short-side", type=int, default=128, help="frames are resized to this short side when decoded")
     g.add_argument("--video-fps", type=float, default=16.0,
                    help="resample every video to this frame rate, so a clip spans clip-len / fps seconds (SEVERE's "
@@ -1912,7 +1913,7 @@ def parse_args(argv=None):
                    help="input statistics: severe = as SEVERE's configs ran each method (ImageNet for all, TCLR raw "
                         "BGR, Charades 0.45 / 0.225); pretraining = as each checkpoint was pretrained (Kinetics "
                         "for torchvision's and scratch). Ours always get the Kinetics statistics they trained with")
-    g.add_argument("--dropout", type=float, default=0.0,
+    g.add_argument("--dropout", type=float_in(0, 1), default=0.0,
                    help="dropout before the linear head (SEVERE: none, Charades 0.5 as SlowFast's config)")
     g.add_argument("--select-on-test", action="store_true",
                    help="report the best test epoch, as SEVERE's own code did (optimistic; off = last epoch)")

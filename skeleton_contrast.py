@@ -44,7 +44,7 @@ from torch import nn
 from torchvision.utils import draw_keypoints, save_image
 
 from common.backbones import AGCN, NTU_EDGES
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, int_at_least,
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
 from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
@@ -73,10 +73,10 @@ def add_augmentation_args(parser):
     g.add_argument("--frames", type=int_at_least(2), default=64,
                    help="temporal length L of the augmented views X_q, X_k and of the downstream crops "
                         "(Sec 3.4.2 and App. A.1: 64)")
-    g.add_argument("--l-min", type=float, default=0.1,
+    g.add_argument("--l-min", type=float_in(0, 1), default=0.1,
                    help="temporal crop-resize: crop ratio L_ratio ~ U[l_min, 1] of the valid frames "
                         "(Eq. 3.3; App. A.3, Table A.3: 0.1 is best of 0.1/0.3/0.5)")
-    g.add_argument("--min-crop-frames", type=int, default=64,
+    g.add_argument("--min-crop-frames", type=int_at_least(0), default=64,
                    help="a pretraining crop has at least this many frames (all of them when the sequence is "
                         "shorter), as the authors' code (min_crop_length = 64), which produced the tables; the "
                         "thesis states no minimum: 0 gives Eq. 3.3 alone. On a 100-frame sequence at --l-min 0.1 "
@@ -88,10 +88,10 @@ def add_augmentation_args(parser):
     g.add_argument("--no-temporal", action="store_true",
                    help="switch off temporal crop-resize (Table 3.5 ablation): each view is then all valid frames "
                         "resized to --frames")
-    g.add_argument("--shear", type=float, default=1.0, metavar="A",
+    g.add_argument("--shear", type=float_in(0), default=1.0, metavar="A",
                    help="pose augmentation: off-diagonal shear entries ~ U[-A, A] (Eq. 3.1: [-1, 1], as the "
                         "authors' code)")
-    g.add_argument("--jitter-joints", type=int, default=15, metavar="J",
+    g.add_argument("--jitter-joints", type=int_at_least(0), default=15, metavar="J",
                    help="joint jittering: number |j| of joints moved per view (Sec 3.4.2; Table A.2: 15 of 25 is "
                         "best of 2/5/10/15/20)")
     g.add_argument("--jitter-mode", choices=JITTER_MODES, default="authors",
@@ -99,11 +99,11 @@ def add_augmentation_args(parser):
                         "(the authors' joint_courruption): with probability 1/2 set them to 0, otherwise multiply by a "
                         "3x3 matrix with entries ~ U[-1, 1]. matrix: a matrix with entries ~ U[0, 1] (Eq. 3.2 as the "
                         "text states it). zero: always set them to 0")
-    g.add_argument("--downstream-l-min", type=float, default=0.5,
+    g.add_argument("--downstream-l-min", type=float_in(0, 1), default=0.5,
                    help="downstream training (linear, semi-supervised, transfer): random crop with ratio "
                         "~ U[this, 1] resized to --frames (App. A.1 says random; 0.5 is the authors' "
                         "options_classification.py, which also keeps --min-crop-frames)")
-    g.add_argument("--center-crop", type=float, default=0.95,
+    g.add_argument("--center-crop", type=float_in(0, 1, open_low=True), default=0.95,
                    help="downstream evaluation (and both sides of kNN retrieval): central crop of this ratio of the "
                         "valid frames resized to --frames (App. A.1 says centre crop; 0.95 is the authors' "
                         "options_classification.py / options_retrieval.py)")
@@ -749,7 +749,7 @@ def parse_args(argv=None):
                    help="skeleton representations: one name = intra-skeleton contrast (Eq. 3.5); two or "
                         "three = inter-skeleton contrast (Eq. 3.6-3.8). seq = BiGRU, img = HCN, "
                         "stg = AGCN; seq,stg is the thesis's best pair (Table 3.6)")
-    g.add_argument("--width", type=float, default=1.0,
+    g.add_argument("--width", type=float_in(0, open_low=True), default=1.0,
                    help="channel / hidden-unit multiplier of every encoder; 1.0 is the thesis's "
                         "(BiGRU H=1024, HCN 4096-d, AGCN 256-d)")
     g.add_argument("--bigru", choices=["authors", "textbook"], default="authors",
@@ -760,14 +760,14 @@ def parse_args(argv=None):
     g.add_argument("--queue-size", type=int, default=16384,
                    help="negatives |N| per representation: 16,384 for NTU-60/120, 8,192 for PKU-MMD I, "
                         "2,048 for PKU-MMD II (Sec 3.4.2)")
-    g.add_argument("--temperature", type=float, default=0.07, help="tau in Eq. 3.5-3.8")
-    g.add_argument("--bn-splits", type=int, default=4,
+    g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.07, help="tau in Eq. 3.5-3.8")
+    g.add_argument("--bn-splits", type=int_at_least(1), default=4,
                    help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "
                         "shuffled and encoded in this many groups, the queries in as many groups in order, as MoCo's "
                         "single-GPU demo; under torchrun the keys are shuffled across processes instead. 1 = off")
-    g.add_argument("--moco-momentum", type=float, default=0.999, help="key encoder momentum m")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=1e-4,
+    g.add_argument("--moco-momentum", type=float_in(0, 1), default=0.999, help="key encoder momentum m")
+    g.add_argument("--momentum", type=float_in(0, 1), default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float_in(0), default=1e-4,
                    help="1e-4 for pretraining (Sec 3.4.2); the linear probe uses 0 as the authors' code")
     g.add_argument("--schedule", type=_milestones, default="351",
                    help="epochs after which the learning rate drops 10x. Pretraining: 351 of 450 "
@@ -837,6 +837,8 @@ def parse_args(argv=None):
         parser.error("--eval knn needs pretrained features: drop --init scratch")
     if not 0.0 < args.label_fraction <= 1.0:
         parser.error(f"--label-fraction {args.label_fraction} must be in (0, 1]")
+    if args.jitter_joints > 25:
+        parser.error(f"--jitter-joints {args.jitter_joints}: the skeletons have 25 joints (NTU, PKU-MMD)")
     if args.epochs < 1 and args.eval != "knn" and not args.prepare:  # knn trains nothing
         parser.error(f"--epochs {args.epochs}: {'--eval ' + args.eval if args.eval else 'pretraining'} trains "
                      f"at least one epoch")

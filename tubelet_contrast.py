@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, int_at_least,
+from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
                            parse_with_presets, resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch,
                            seconds_per_call, seed_everything, sync, unwrap)
 from common.moco import MoCo, check_queue_size
@@ -87,14 +87,15 @@ def add_augmentation_args(parser):
     g.add_argument("--keyframes", type=int, default=3, metavar="K",
                    help="keyframes K, first and last frame included (Sec 5.4.1: 3), of linear motion and scale "
                         "(which the code lacks: always the text's) and, with --recipe thesis, of every transformation")
-    g.add_argument("--delta", type=float, nargs=2, default=[40.0, 80.0], metavar=("MIN", "MAX"),
+    g.add_argument("--delta", type=float_in(0), nargs=2, default=[40.0, 80.0], metavar=("MIN", "MAX"),
                    help="linear motion: max px between the centres of neighbouring keyframes, Delta drawn per "
                         "tubelet from [MIN, MAX] (Sec 5.3.3, Sec 5.4.1: 40-80 for 112 px); scale it with the crop")
     g.add_argument("--nonlinear-points", type=int, default=48, metavar="N",
                    help="non-linear motion: N >> T random points that are smoothed into a path (Eq. 5.6; 48)")
-    g.add_argument("--sigma", type=float, default=8.0,
+    g.add_argument("--sigma", type=float_in(0, open_low=True), default=8.0,
                    help="non-linear motion: std (in points) of the Gaussian smoothing filter g in Eq. 5.6 (8)")
-    g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("MIN", "MAX"),
+    g.add_argument("--scale-range", type=float_in(0, open_low=True), nargs=2, default=[0.5, 1.5],
+                   metavar=("MIN", "MAX"),
                    help="scale transformation: horizontal and vertical factors (Sec 5.3.4; Table C.6 tries "
                         "0.5-1.25 and 0.5-2)")
     g.add_argument("--rotation-range", type=float, nargs=2, default=[-90.0, 90.0], metavar=("MIN", "MAX"),
@@ -102,7 +103,7 @@ def add_augmentation_args(parser):
     g.add_argument("--shear-range", type=float, nargs=2, default=[-1.0, 1.0], metavar=("MIN", "MAX"),
                    help="--recipe thesis: the shear factors (r, s). App. C.5 says the chapter used [-1, 1] (the "
                         "code's walk stays within it), Sec 5.3.4 says [-1.5, 1.5]; Table C.6 ablates both")
-    g.add_argument("--jitter-prob", type=float, default=0.2,
+    g.add_argument("--jitter-prob", type=float_in(0, 1), default=0.2,
                    help="probability of each colour jitter (brightness, contrast, hue+saturation); 0.2 as in the "
                         "authors' code. In tubelet mode the pair shares the jitter (Sec 5.4.1)")
     return g
@@ -627,13 +628,13 @@ def parse_args(argv=None):
                    help="R(2+1)D-18 as in Ch. 5; R3D-18 for Table C.2")
     g.add_argument("--queue-size", type=int, default=65536,
                    help="MoCo negatives |N| in Eq. 5.1: 65,536 for Kinetics-400, 16,384 for Mini-Kinetics")
-    g.add_argument("--temperature", type=float, default=0.2, help="tau in Eq. 5.1")
-    g.add_argument("--moco-momentum", type=float, default=0.999, help="key encoder momentum")
-    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.2, help="tau in Eq. 5.1")
+    g.add_argument("--moco-momentum", type=float_in(0, 1), default=0.999, help="key encoder momentum")
+    g.add_argument("--weight-decay", type=float_in(0), default=1e-4)
     g.add_argument("--bn", choices=["sync", "shuffle"], default="sync",
                    help="sync: BatchNorm statistics over the global batch (SyncBatchNorm under torchrun), as the "
                         "authors' config (the thesis is silent); shuffle: MoCo's shuffle-BN (MoCo Sec 3.3)")
-    g.add_argument("--bn-splits", type=int, default=4,
+    g.add_argument("--bn-splits", type=int_at_least(1), default=4,
                    help="--bn shuffle in one process (CPU, one GPU): the key batch is shuffled and encoded in this "
                         "many BatchNorm groups, the queries in as many groups in order, as MoCo's single-GPU demo; "
                         "under torchrun the keys are shuffled across processes instead. 1 = off")

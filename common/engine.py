@@ -35,6 +35,18 @@ def int_at_least(low):
     return parse
 
 
+def float_in(low, high=math.inf, open_low=False):
+    """argparse type: a float in [low, high], or in (low, high] with open_low; argparse refuses anything
+    else, NaN included, with one line naming the flag ("argument --temperature: 0 is not in (0, inf]")."""
+    def parse(text):
+        value = float(text)
+        if not ((value > low if open_low else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"{value:g} is not in {'(' if open_low else '['}{low:g}, {high:g}]")
+        return value
+    parse.__name__ = "float"  # argparse: "invalid float value: 'x'"
+    return parse
+
+
 def add_common_args(parser, video=True, lists=True, **help):
     """The flags of every script. A script changes a default with `parser.set_defaults` before
     parsing (so --help shows it), sets defaults that depend on other flags with the presets of
@@ -57,12 +69,12 @@ def add_common_args(parser, video=True, lists=True, **help):
     add("--batch-size", type=int_at_least(1), default=32,
         help="the GLOBAL batch (the thesis's): under torchrun each of N processes takes batch-size / N, so the "
              "same command and --lr reproduce the thesis on any number of GPUs")
-    add("--lr", type=float, default=0.01, help="base learning rate, for the global --batch-size")
+    add("--lr", type=float_in(0), default=0.01, help="base learning rate, for the global --batch-size")
     add("--workers", type=int_at_least(0), default=4, help="DataLoader worker processes per training process")
     if video:
         add("--clip-len", type=int_at_least(1), default=16, help="frames per clip")
         add("--crop-size", type=int_at_least(1), default=112, help="spatial size of the network input")
-    add("--max-bad-fraction", type=float, default=0.05,
+    add("--max-bad-fraction", type=float_in(0, 1), default=0.05,
         help="stop the run when more than this fraction of the file reads failed (corrupt or truncated files "
              "are reported once each, replaced in training, left out of metrics)")
     add("--seed", type=int, default=0, help="offset by the process rank")
