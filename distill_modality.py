@@ -1349,8 +1349,7 @@ def parse_args(argv=None):
     g = parser.add_argument_group("schedule and networks (Sec 2.4.3)")
     g.add_argument("--teacher-epochs", type=int, default=200, help="Hara et al.'s code")
     g.add_argument("--teacher-lr", type=float_in(0), default=0.1,
-                   help="the teacher's learning rate (Hara et al.: 0.1); "
-                   "--lr is the students' (Sec 2.4.3: 0.1)")
+                   help="the teacher's learning rate (Hara et al.: 0.1); --lr is the students' (Sec 2.4.3: 0.1)")
     g.add_argument("--transfer-epochs", type=int, default=400, help="Sec 2.4.3 (skeleton preset: 120)")
     g.add_argument("--finetune-epochs", type=int, default=100, help="Sec 2.4.3 (skeleton preset: 70)")
     g.add_argument("--arch", default="hara_r3d_18", choices=list(ARCHS),

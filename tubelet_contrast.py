@@ -92,7 +92,7 @@ def add_augmentation_args(parser):
                         "tubelet from [MIN, MAX] (Sec 5.3.3, Sec 5.4.1: 40-80 for 112 px); scale it with the crop")
     g.add_argument("--nonlinear-points", type=int, default=48, metavar="N",
                    help="non-linear motion: N >> T random points that are smoothed into a path (Eq. 5.6; 48)")
-    g.add_argument("--sigma", type=float_in(0, open_low=True), default=8.0,
+    g.add_argument("--sigma", type=float_in(0), default=8.0,
                    help="non-linear motion: std (in points) of the Gaussian smoothing filter g in Eq. 5.6 (8)")
     g.add_argument("--scale-range", type=float_in(0, open_low=True), nargs=2, default=[0.5, 1.5],
                    metavar=("MIN", "MAX"),

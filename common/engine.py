@@ -37,11 +37,12 @@ def int_at_least(low):
 
 def float_in(low, high=math.inf, open_low=False):
     """argparse type: a float in [low, high], or in (low, high] with open_low; argparse refuses anything
-    else, NaN included, with one line naming the flag ("argument --temperature: 0 is not in (0, inf]")."""
+    else, NaN included, with one line naming the flag ("argument --temperature: 0 is not in (0, inf)")."""
     def parse(text):
         value = float(text)
         if not ((value > low if open_low else value >= low) and value <= high):
-            raise argparse.ArgumentTypeError(f"{value:g} is not in {'(' if open_low else '['}{low:g}, {high:g}]")
+            raise argparse.ArgumentTypeError(f"{value:g} is not in {'(' if open_low else '['}{low:g}, {high:g}"
+                                             f"{']' if high < math.inf else ')'}")
         return value
     parse.__name__ = "float"  # argparse: "invalid float value: 'x'"
     return parse

@@ -392,21 +392,21 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         (distill_modality, ["--teacher-checkpoint", str(garbage), "--device", "cpu", "--out-dir", str(tmp_path)],
          f"--teacher-checkpoint {garbage}: not a checkpoint"),
         # float ranges (a second probe): a NaN loss after some steps, a traceback, or a run that ignored them
-        (tubelet_contrast, [*tub, "--temperature", "0"], r"argument --temperature: 0 is not in \(0, inf\]"),
+        (tubelet_contrast, [*tub, "--temperature", "0"], r"argument --temperature: 0 is not in \(0, inf\)"),
         (tubelet_contrast, [*tub, "--moco-momentum", "1.5"], r"argument --moco-momentum: 1.5 is not in \[0, 1\]"),
-        (tubelet_contrast, [*tub, "--lr", "-1"], r"argument --lr: -1 is not in \[0, inf\]"),
+        (tubelet_contrast, [*tub, "--lr", "-1"], r"argument --lr: -1 is not in \[0, inf\)"),
         (tubelet_contrast, [*tub, "--jitter-prob", "2"], r"argument --jitter-prob: 2 is not in \[0, 1\]"),
-        (tubelet_contrast, [*tub, "--scale-range", "0", "1"], r"argument --scale-range: 0 is not in \(0, inf\]"),
+        (tubelet_contrast, [*tub, "--scale-range", "0", "1"], r"argument --scale-range: 0 is not in \(0, inf\)"),
         (tubelet_contrast, [*tub, "--temperature", "nan"], r"argument --temperature: nan is not in"),
         (skeleton_contrast, ["--l-min", "2"], r"argument --l-min: 2 is not in \[0, 1\]"),
         (skeleton_contrast, ["--jitter-joints", "30"], "--jitter-joints 30: the skeletons have 25 joints"),
-        (skeleton_contrast, ["--width", "-1"], r"argument --width: -1 is not in \(0, inf\]"),
+        (skeleton_contrast, ["--width", "-1"], r"argument --width: -1 is not in \(0, inf\)"),
         (skeleton_contrast, ["--center-crop", "0"], r"argument --center-crop: 0 is not in \(0, 1\]"),
         (severe_eval, ["--setup", "ucf101", "--weight-decay", "-1"], r"argument --weight-decay: -1 is not in"),
         (severe_eval, ["--setup", "ucf101", "--dropout", "2"], r"argument --dropout: 2 is not in \[0, 1\]"),
         (distill_modality, ["--dampening", "2"], r"argument --dampening: 2 is not in \[0, 1\]"),
         (distill_modality, ["--skeleton-frames", "0"], "argument --skeleton-frames: 0 is below 1"),
-        (distill_modality, ["--stgcn-width", "0"], r"argument --stgcn-width: 0 is not in \(0, inf\]"),
+        (distill_modality, ["--stgcn-width", "0"], r"argument --stgcn-width: 0 is not in \(0, inf\)"),
     ]
     if not torch.cuda.is_available():
         cases.append((tubelet_contrast, [*tub[:-4], "--device", "cuda"], "--device cuda: CUDA is not available"))
