@@ -1339,7 +1339,7 @@ def parse_args(argv=None):
                    "(default OUT_DIR/transfer/student.pt)")
     g.add_argument("--per-class", type=int_at_least(0), default=20,
                    help="labeled target examples per class for finetuning (Tables 2.1-2.5: 20, 50, 100; 0 = all)")
-    g.add_argument("--label-fraction", type=float, default=1.0,
+    g.add_argument("--label-fraction", type=float_in(0, 1, open_low=True), default=1.0,
                    help="then keep this random fraction of them (Fig. 2.3: --per-class 0 --label-fraction 0.5)")
     g.add_argument("--seeds", default="0,1,2,3,4",
                    help="comma list of seeds, one labeled subset each: finetune + eval once per seed, mean +- std "
@@ -1405,8 +1405,6 @@ def parse_args(argv=None):
         parser.error("--match-layers all matches ResNet blocks: it needs --target depth")
     if args.stage == "all" and args.resume not in ("", "auto"):
         parser.error("--stage all resumes with --resume auto; give a checkpoint path only with a single stage")
-    if not 0 < args.label_fraction <= 1:
-        parser.error("--label-fraction must be in (0, 1]")
     try:
         args.seeds = [int(s) for s in str(args.seeds).split(",")]
     except ValueError:

@@ -792,7 +792,7 @@ def parse_args(argv=None):
     g.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
                    help="scratch: random encoder weights (the dagger rows of Table 3.3, the "
                         "'supervised-only' row of Table A.1)")
-    g.add_argument("--label-fraction", type=float, default=0.01,
+    g.add_argument("--label-fraction", type=float_in(0, 1, open_low=True), default=0.01,
                    help="semi: fraction of the training labels, class-balanced (Table 3.3: 0.01 0.05 0.1 0.2)")
     g.add_argument("--repeats", type=int_at_least(1), default=1,
                    help="semi/transfer/finetune: runs with different label subsets and seeds; mean +- std "
@@ -835,8 +835,6 @@ def parse_args(argv=None):
                      f"--init scratch")
     if args.eval == "knn" and args.init == "scratch":
         parser.error("--eval knn needs pretrained features: drop --init scratch")
-    if not 0.0 < args.label_fraction <= 1.0:
-        parser.error(f"--label-fraction {args.label_fraction} must be in (0, 1]")
     if args.jitter_joints > 25:
         parser.error(f"--jitter-joints {args.jitter_joints}: the skeletons have 25 joints (NTU, PKU-MMD)")
     if args.epochs < 1 and args.eval != "knn" and not args.prepare:  # knn trains nothing
