@@ -817,7 +817,7 @@ class StageRun:
             milestones = sorted({max(1, int(round(f * epochs))) for f in args.lr_steps})
             self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=0.1)
         self.scaler = grad_scaler(d.device, args.amp)
-        ckpt = resume_training(args, out_dir, d, model, self.optimizer, self.scheduler, self.scaler,
+        ckpt = resume_training(args, out_dir, d, model, self.optimizer, self.scheduler, self.scaler, epochs,
                                ignore=STAGE_INDEPENDENT[stage])
         self.start = ckpt["epoch"] + 1 if ckpt else 0
         self.progress = Progress(d, epochs, len(loader), loader.batch_size * d.world_size, args.print_freq)

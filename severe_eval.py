@@ -1755,7 +1755,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
         raise SystemExit(f"{len(dataset)} training inputs are too few for a batch of {batch_size}")
     d.print(f"{setup.name}: {len(train)} training and {len(test)} test videos, {len(dataset)} inputs per epoch, {sched}")
 
-    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs)
     start_epoch = ckpt["epoch"] + 1 if ckpt else 0
 
     progress = Progress(d, epochs, len(loader), sched.batch_size, args.print_freq)
@@ -2100,7 +2100,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
     if len(train_loader) == 0:
         raise SystemExit(f"{len(train)} training videos are too few for a batch of {batch_size}")
 
-    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler)
+    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs)
     start_epoch, best = (ckpt["epoch"] + 1, ckpt.get("best")) if ckpt else (0, None)
 
     progress = Progress(d, epochs, len(train_loader), sched.batch_size, args.print_freq)

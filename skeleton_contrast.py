@@ -909,7 +909,8 @@ def pretrain(args, d):
         benchmark(args, d, model, optimizer)
         return
 
-    ckpt = resume_training(args, args.out_dir, d, model, optimizer, scheduler, scaler, ignore=("save_examples",))
+    ckpt = resume_training(args, args.out_dir, d, model, optimizer, scheduler, scaler, args.epochs,
+                           ignore=("save_examples",))
     start_epoch = ckpt["epoch"] + 1 if ckpt else 0
     progress = Progress(d, args.epochs, len(loader), args.batch_size, args.print_freq)
     for epoch in range(start_epoch, args.epochs):

@@ -809,7 +809,7 @@ def main(argv=None):
         benchmark(args, d, loader, model, optimizer)
         return
 
-    ckpt = resume_training(args, args.out_dir, d, model, optimizer, scheduler, scaler,
+    ckpt = resume_training(args, args.out_dir, d, model, optimizer, scheduler, scaler, args.epochs,
                            ignore=("save_examples", "stop_epoch"))  # a resumed run may stop later
     start_epoch = ckpt["epoch"] + 1 if ckpt else 0
 

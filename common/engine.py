@@ -346,12 +346,12 @@ def check_resume_args(saved, args, path, ignore=(), action="--resume: cannot con
                          f"another --out-dir")
 
 
-def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, ignore=()):
+def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs, ignore=()):
     """--resume: restores model (inside DDP or not), optimizer, scheduler and scaler from the
     checkpoint that `resume_path` names, after `check_resume_args` (ignore: dests this checkpoint
-    does not depend on). A fresh run refuses to overwrite OUT_DIR/checkpoint.pt of another
-    configuration. Returns the checkpoint dict (its 'epoch' is the last one finished), or None when
-    the run starts fresh."""
+    does not depend on), and says which of the `epochs` comes next (or that none is left). A fresh
+    run refuses to overwrite OUT_DIR/checkpoint.pt of another configuration. Returns the checkpoint
+    dict (its 'epoch' is the last one finished), or None when the run starts fresh."""
     path = resume_path(args.resume, out_dir)
     if path is None:
         existing = os.path.join(out_dir, "checkpoint.pt")
@@ -364,7 +364,9 @@ def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, ignor
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
-    d.print(f"resumed from {path} at epoch {ckpt['epoch'] + 1}")
+    done = ckpt["epoch"] + 1
+    d.print(f"resumed from {path}: " + (f"epoch {done + 1} of {epochs} next" if done < epochs else
+                                        f"epoch {done} of {epochs} was the last, nothing is left to train"))
     return ckpt
 
 

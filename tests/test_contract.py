@@ -143,13 +143,16 @@ def test_resume_refuses_a_changed_method_flag_and_accepts_a_changed_worker_count
     changed = argparse.Namespace(**{**vars(args), "granularity": "video2clip", "resume": "auto"})
     with pytest.raises(SystemExit, match=r"--resume: cannot continue .*--granularity 'clip2clip' there, "
                                          r"'video2clip' now"):
-        engine.resume_training(changed, str(tmp_path), *parts)
+        engine.resume_training(changed, str(tmp_path), *parts, 5)
     fresh = argparse.Namespace(**{**vars(args), "lr": 0.2})  # no --resume: would overwrite another run
     with pytest.raises(SystemExit, match=r"--out-dir: would overwrite .*--lr 0.1 there, 0.2 now"):
-        engine.resume_training(fresh, str(tmp_path), *parts)
+        engine.resume_training(fresh, str(tmp_path), *parts, 5)
     ok = argparse.Namespace(**{**vars(args), "workers": 16, "resume": "auto", "epochs": 5, "given_flags": ["workers"]})
-    ckpt = engine.resume_training(ok, str(tmp_path), *parts)
-    assert ckpt["epoch"] == 0 and "resumed from" in capsys.readouterr().out
+    ckpt = engine.resume_training(ok, str(tmp_path), *parts, 5)
+    assert ckpt["epoch"] == 0 and "checkpoint.pt: epoch 2 of 5 next" in capsys.readouterr().out
+    # a finished run resumed says so, rather than naming an epoch past the end
+    ckpt = engine.resume_training(argparse.Namespace(**{**vars(ok), "epochs": 1}), str(tmp_path), *parts, 1)
+    assert "epoch 1 of 1 was the last, nothing is left to train" in capsys.readouterr().out
 
 
 # ============ torchrun: --batch-size is the global batch ============
