@@ -831,7 +831,8 @@ class StageRun:
 
     def step(self, loss, it, **averaged):
         """Backward pass and update; `averaged` numbers (e.g. top1) are averaged over the epoch's batches."""
-        loss = optimizer_step(loss, self.optimizer, self.scaler, self.epoch, it)
+        loss = optimizer_step(loss, self.optimizer, self.scaler, self.epoch, it,
+                              "--teacher-lr" if self.stage == "teacher" else "--lr")
         for k, v in dict(loss=loss, **averaged).items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.progress.step(self.epoch, it, loss, self.optimizer.param_groups[0]["lr"])

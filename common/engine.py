@@ -263,23 +263,24 @@ def grad_scaler(device, enabled):
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=fp16)
 
 
-def check_finite(loss, epoch, it):
-    """Stop the run with a message instead of training on NaNs for hours."""
+def check_finite(loss, epoch, it, lr_flag="--lr"):
+    """Stop the run with a message instead of training on NaNs for hours (lr_flag: the flag that sets
+    this stage's learning rate)."""
     if not math.isfinite(loss):
         raise FloatingPointError(
-            f"loss is {loss} at epoch {epoch}, iteration {it}; stopping. Lower --lr, "
+            f"loss is {loss} at epoch {epoch}, iteration {it}; stopping. Lower {lr_flag}, "
             f"try without --amp, or check the input data.")
 
 
-def optimizer_step(loss, optimizer, scaler, epoch, it):
-    """Backward pass and parameter update (loss scaling for fp16 AMP); stops on a non-finite loss.
-    Returns the loss as a float for logging."""
+def optimizer_step(loss, optimizer, scaler, epoch, it, lr_flag="--lr"):
+    """Backward pass and parameter update (loss scaling for fp16 AMP); stops on a non-finite loss
+    (`check_finite`). Returns the loss as a float for logging."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     loss = loss.item()
-    check_finite(loss, epoch, it)
+    check_finite(loss, epoch, it, lr_flag)
     return loss
 
 

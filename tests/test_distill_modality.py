@@ -217,3 +217,12 @@ def test_resume_refuses_another_granularity(data, teacher, tmp_path):
     assert proc.returncode != 0
     assert "--granularity 'clip2clip' there, 'video2clip' now" in proc.stderr and "--loss 'cosine'" in proc.stderr
     run([*common, "--granularity", "clip2clip", "--resume", "auto", "--workers", "1"])  # run flags may change
+
+
+def test_a_diverging_stage_names_its_own_learning_rate_flag(data, tmp_path):
+    """A non-finite loss stops the run; the teacher's message named --lr, which the teacher stage
+    does not use (its rate is --teacher-lr)."""
+    proc = run([*TINY, *flags(data), "--stage", "teacher", "--teacher-lr", "1e8", "--teacher-epochs", "4",
+                "--batch-size", "2", "--out-dir", str(tmp_path)],
+               check=False)
+    assert proc.returncode == 1 and "stopping. Lower --teacher-lr," in proc.stderr.strip().splitlines()[-1]

@@ -30,6 +30,8 @@ def test_non_finite_loss_stops_with_message():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(FloatingPointError, match="epoch 3, iteration 7"):
             check_finite(bad, 3, 7)
+    with pytest.raises(FloatingPointError, match="Lower --teacher-lr,"):  # the stage's own lr flag
+        check_finite(float("nan"), 0, 0, "--teacher-lr")
 
 
 @pytest.mark.parametrize("name", ["r2plus1d_18", "r3d_18"])
