@@ -831,7 +831,8 @@ def parse_args(argv=None):
     if args.prepare in ("pku1", "pku2") and not (args.pku_labels and args.pku_split):
         parser.error(f"--prepare {args.prepare} needs --pku-labels and --pku-split")
     downstream_only = [d for d in ("checkpoint", "downstream_reprs", "select_on_test", "init", "label_fraction",
-                                   "repeats", "transfer_data_root") if d in args.given_flags]
+                                   "repeats", "transfer_data_root", "downstream_l_min", "center_crop")
+                       if d in args.given_flags]
     if downstream_only and not args.eval:
         parser.error(f"--{downstream_only[0].replace('_', '-')} is a flag of the downstream protocols: give --eval "
                      f"linear, knn, semi, transfer or finetune (pretraining does not use it)")

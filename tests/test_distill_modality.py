@@ -223,6 +223,5 @@ def test_a_diverging_stage_names_its_own_learning_rate_flag(data, tmp_path):
     """A non-finite loss stops the run; the teacher's message named --lr, which the teacher stage
     does not use (its rate is --teacher-lr)."""
     proc = run([*TINY, *flags(data), "--stage", "teacher", "--teacher-lr", "1e8", "--teacher-epochs", "4",
-                "--batch-size", "2", "--out-dir", str(tmp_path)],
-               check=False)
+                "--batch-size", "2", "--out-dir", str(tmp_path)], check=False)
     assert proc.returncode == 1 and "stopping. Lower --teacher-lr," in proc.stderr.strip().splitlines()[-1]
