@@ -405,6 +405,8 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         (skeleton_contrast, ["--jitter-joints", "30"], "--jitter-joints 30: the skeletons have 25 joints"),
         (skeleton_contrast, ["--init", "scratch"], "--init is a flag of the downstream protocols: give --eval"),
         (skeleton_contrast, ["--select-on-test"], "--select-on-test is a flag of the downstream protocols"),
+        (skeleton_contrast, ["--center-crop", "0.8"], "--center-crop is a flag of the downstream protocols"),
+        (skeleton_contrast, ["--downstream-l-min", "0.5"], "--downstream-l-min is a flag of the downstream protocols"),
         (skeleton_contrast, ["--width", "-1"], r"argument --width: -1 is not in \(0, inf\)"),
         (skeleton_contrast, ["--center-crop", "0"], r"argument --center-crop: 0 is not in \(0, 1\]"),
         (severe_eval, ["--setup", "ucf101", "--weight-decay", "-1"], r"argument --weight-decay: -1 is not in"),
