@@ -43,7 +43,7 @@ from common.engine import (Dist, Progress, add_common_args, apply_presets, autoc
                            int_at_least, optimizer_step, parse_with_presets, resume_training, save_epoch,
                            seed_everything, unwrap)
 from common.skeleton import ntu_split, parse_ntu_name
-from common.synthetic import synthetic_repetition_videos, synthetic_video_dataset
+from common.synthetic import BACKGROUNDS, synthetic_repetition_videos, synthetic_video_dataset
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
                           frame_rate, read_clip, read_kinetics_csv, read_video_list)
 
@@ -691,10 +691,13 @@ def backbone_variant(fmt, default="r2plus1d_18"):
 
 
 def torchvision_architecture(state):
-    """'r3d_18' or 'r2plus1d_18': the network a torchvision-key state dict holds (this repository's
-    scripts pretrain either, e.g. `tubelet_contrast.py --backbone r3d_18` for Table C.2). R(2+1)D-18's
-    stem is two convs (stem.0 1x7x7 then stem.3 3x1x1), R3D-18's one 3x7x7 conv."""
-    return "r2plus1d_18" if "stem.3.weight" in state else "r3d_18"
+    """'r3d_18', 'r2plus1d_18' or 'r2plus1d_18_small': the network a torchvision-key state dict holds (this
+    repository's scripts pretrain each, e.g. `tubelet_contrast.py --backbone r3d_18` for Table C.2).
+    R(2+1)D-18's stem is two convs (stem.0 1x7x7 then stem.3 3x1x1), R3D-18's one 3x7x7 conv; the
+    quarter-width R(2+1)D-18 of the CPU miniatures has 16 stem channels instead of 64."""
+    if "stem.3.weight" not in state:
+        return "r3d_18"
+    return "r2plus1d_18_small" if state["stem.3.weight"].shape[0] == 16 else "r2plus1d_18"
 
 
 def _is_state_dict(obj):
@@ -1858,6 +1861,8 @@ def parse_args(argv=None):
     g.add_argument("--synthetic-videos", type=int, default=12, metavar="N",
                    help="without --data-root: videos per class of the built-in synthetic dataset (the last "
                         "quarter of each class is its validation split)")
+    g.add_argument("--synthetic-background", choices=BACKGROUNDS, default="gratings",
+                   help="without --data-root: the synthetic world's backgrounds, as tubelet_contrast.py's flag")
     g.add_argument("--checkpoint", default=None, help="pretrained weights; none = --init scratch")
     g.add_argument("--format", default="auto", help="checkpoint layout: " + ", ".join(CHECKPOINT_FORMATS) +
                    " (auto guesses from the keys). Old pickles that weights_only=True cannot open are "
@@ -1963,9 +1968,9 @@ def setup_data(args, d, setup):
     """(train samples, test samples, targets per sample index, num_outputs) with paths under --data-root."""
     if args.data_root is None:
         if d.main:
-            synthetic_video_dataset(videos_per_class=args.synthetic_videos)
+            synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
         d.barrier()
-        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos)
+        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
         root, num_classes = synthetic["root"], len(synthetic["classes"])
         train = read_video_list(synthetic["train_list"], root)
         test = read_video_list(synthetic["val_list"], root)

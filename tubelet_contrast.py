@@ -37,8 +37,8 @@ from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, vi
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
                            parse_with_presets, resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch,
                            seconds_per_call, seed_everything, sync, unwrap)
-from common.moco import MoCo, check_queue_size
-from common.synthetic import synthetic_video_dataset
+from common.moco import MoCo, batch_top1, check_queue_size
+from common.synthetic import BACKGROUNDS, synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
 
 # ============ tubelets and augmentation (Sec 5.3) ============
@@ -567,9 +567,9 @@ def pretraining_videos(args, d):
     """The video list (Kinetics-400 CSV or 'path label' list), optionally a random fraction of it."""
     if args.data_root is None:
         if d.main:  # rank 0 writes the synthetic dataset once (cached); the others wait for it
-            synthetic_video_dataset(videos_per_class=args.synthetic_videos)
+            synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
         d.barrier()
-        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos)
+        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
         samples = read_samples(synthetic["train_list"], synthetic["root"])
     else:
         try:
@@ -603,6 +603,22 @@ class EncoderWithHead(nn.Module):
         return self.head(self.backbone(x))
 
 
+class InBatchContrast(nn.Module):
+    """Eq. 5.1 with the other clips of the batch as the negatives N (`--negatives batch`): one encoder
+    for both views, trained through both, no momentum key encoder and no queue. The thesis uses MoCo
+    only to enlarge N (Sec 5.4.1); in a CPU miniature MoCo's outputs collapse onto one drifting direction
+    before tubelet pairs are told apart, this form learns them (README, Chapter 5). Same outputs as MoCo."""
+
+    def __init__(self, encoder, temperature):
+        super().__init__()
+        self.encoder_q, self.temperature = encoder, temperature
+
+    def forward(self, x_q, x_k):
+        q, k = F.normalize(self.encoder_q(torch.cat([x_q, x_k])).float(), dim=1).chunk(2)
+        logits = q @ k.T / self.temperature  # the positive on the diagonal
+        return logits, torch.arange(len(q), device=q.device), batch_top1(q.detach(), k.detach())
+
+
 # ============ arguments ============
 
 # Without --data-root the script pretrains on the small built-in synthetic dataset; these
@@ -624,8 +640,11 @@ def parse_args(argv=None):
     add_common_args(parser)
     add_augmentation_args(parser)
     g = parser.add_argument_group("model and contrast (Sec 5.4.1)")
-    g.add_argument("--backbone", default="r2plus1d_18", choices=["r2plus1d_18", "r3d_18"],
-                   help="R(2+1)D-18 as in Ch. 5; R3D-18 for Table C.2")
+    g.add_argument("--backbone", default="r2plus1d_18", choices=["r2plus1d_18", "r3d_18", "r2plus1d_18_small"],
+                   help="R(2+1)D-18 as in Ch. 5; R3D-18 for Table C.2; R(2+1)D-18 at 1/4 width for CPU miniatures")
+    g.add_argument("--negatives", choices=["queue", "batch"], default="queue",
+                   help="N of Eq. 5.1: queue = MoCo's queue of earlier keys and momentum key encoder (Sec 5.4.1); "
+                        "batch = the other clips of the batch, one encoder (the CPU miniature, README)")
     g.add_argument("--queue-size", type=int, default=65536,
                    help="MoCo negatives |N| in Eq. 5.1: 65,536 for Kinetics-400, 16,384 for Mini-Kinetics")
     g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.2, help="tau in Eq. 5.1")
@@ -649,6 +668,9 @@ def parse_args(argv=None):
     g.add_argument("--stop-epoch", type=int, default=None,
                    help="end the run after this many epochs while the cosine schedule still spans --epochs "
                         "(the authors stopped their 200-epoch schedule after 100: --epochs 200 --stop-epoch 100)")
+    g.add_argument("--synthetic-background", choices=BACKGROUNDS, default="gratings",
+                   help="without --data-root: the synthetic world's backgrounds (common/synthetic.py); grey-noise "
+                        "is the world of the Table 5.2 miniature (README)")
     g.add_argument("--synthetic-videos", type=int, default=12, metavar="N",
                    help="without --data-root: videos per class of the built-in synthetic dataset (the last "
                         "quarter of each class is its validation split)")
@@ -739,8 +761,8 @@ def benchmark(args, d, loader, model, optimizer):
 # ============ training ============
 
 def train_step(model, optimizer, scheduler, scaler, q, k, args, d):
-    """One MoCo step on a batch of positive pairs; returns (loss, positive-pair top-1 among the queue,
-    in-batch top-1: common.moco.batch_top1)."""
+    """One contrastive step on a batch of positive pairs; returns (loss, positive-pair top-1 among the
+    negatives (MoCo: the queue), in-batch top-1: common.moco.batch_top1)."""
     with autocast(d.device, args.amp):
         logits, labels, in_batch = model(q, k)
         loss = F.cross_entropy(logits, labels)  # InfoNCE, Eq. 5.1
@@ -753,7 +775,7 @@ def train_step(model, optimizer, scheduler, scaler, q, k, args, d):
     scaler.update()
     if scheduler is not None:
         scheduler.step()
-    return loss.detach(), (logits.argmax(dim=1) == 0).float().mean(), in_batch
+    return loss.detach(), (logits.argmax(dim=1) == labels).float().mean(), in_batch
 
 
 def main(argv=None):
@@ -786,10 +808,13 @@ def main(argv=None):
                          f"lower --batch-size")
     d.print(f"{len(dataset)} pretraining videos, {len(loader)} iterations per epoch")
 
-    # ---- model: MoCo around backbone + projection head ----
-    model = MoCo(EncoderWithHead(args.backbone), dim=128, queue_size=args.queue_size,
-                 momentum=args.moco_momentum, temperature=args.temperature,
-                 shuffle_bn=args.bn == "shuffle", bn_splits=args.bn_splits)
+    # ---- model: MoCo (or in-batch negatives) around backbone + projection head ----
+    if args.negatives == "queue":
+        model = MoCo(EncoderWithHead(args.backbone), dim=128, queue_size=args.queue_size,
+                     momentum=args.moco_momentum, temperature=args.temperature,
+                     shuffle_bn=args.bn == "shuffle", bn_splits=args.bn_splits)
+    else:
+        model = InBatchContrast(EncoderWithHead(args.backbone), args.temperature)
     if args.bn == "sync" and d.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)

@@ -4,6 +4,8 @@ Each class is a motion pattern; one or two textured objects move that way over a
 background. Object shapes, textures, colours, sizes, positions and backgrounds are random per
 video and independent of the class, so only the motion tells classes apart: a tiny stand-in for
 the motion-sensitive benchmarks of the thesis, for tests and quick runs without downloads.
+With background="grey-noise" every background is blurred colour noise of one colour statistic
+instead (the world of the tubelet-contrast miniature, README Chapter 5).
 
 Videos are h264 mp4 (yuv420p, 25 fps) with mmaction2 list files 'class/video.mp4 label', read by
 common/video.py exactly like real datasets.
@@ -32,8 +34,23 @@ FORMAT_VERSION = 1  # bump when the rendering changes, so old caches are not reu
 
 # ============ rendering ============
 
-def _background(rng, h, w):
-    """(h, w, 3) float32: a few random colour gratings plus static pixel noise."""
+BACKGROUNDS = ("gratings", "grey-noise")
+
+
+def _background(rng, h, w, kind="gratings"):
+    """(h, w, 3) float32. gratings (the default world): a few random colour gratings plus static pixel
+    noise. grey-noise: colour noise blurred by a Gaussian of sigma 4 px per 128 rows, std 50 around grey
+    128, so that every video's background has the same colour statistics and a patch cut from it is
+    visible only by its motion (the world on which tubelets beat temporal contrast; README, Chapter 5)."""
+    if kind == "grey-noise":
+        sigma = 4 * h / 128
+        taps = np.exp(-0.5 * (np.arange(-int(3 * sigma) - 1, int(3 * sigma) + 2) / sigma) ** 2)
+        noise = rng.normal(0, 1, (h, w, 3))
+        for axis in (0, 1):
+            noise = np.apply_along_axis(np.convolve, axis, noise, taps / taps.sum(), mode="same")
+        return (128 + 50 * noise / (noise.std() + 1e-6)).astype(np.float32)
+    if kind != "gratings":
+        raise ValueError(f"background {kind!r}: choose from {BACKGROUNDS}")
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     image = np.broadcast_to(rng.uniform(40, 215, 3).astype(np.float32), (h, w, 3)).copy()
     for _ in range(4):
@@ -101,11 +118,11 @@ def _render_object(frame, rng_params, cx, cy, angle):
     frame[y0:y1, x0:x1][mask] = texture[mask]
 
 
-def render_video(motion, rng, num_frames=48, size=(128, 170)):
-    """uint8 (T, H, W, 3) RGB frames of one video of the given motion class."""
+def render_video(motion, rng, num_frames=48, size=(128, 170), background="gratings"):
+    """uint8 (T, H, W, 3) RGB frames of one video of the given motion class over a `background`."""
     h, w = size
     scale = min(h, w) / 128
-    background = _background(rng, h, w)
+    background = _background(rng, h, w, background)
     objects = []
     for _ in range(rng.integers(1, 3)):
         radius = rng.uniform(10, 18) * scale
@@ -144,7 +161,7 @@ def _is_complete(root, config):
 
 
 def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_frames=48,
-                            size=(128, 170), seed=0, val_fraction=0.25):
+                            size=(128, 170), seed=0, val_fraction=0.25, background="gratings"):
     """Writes the dataset once and returns dict(root, train_list, val_list, classes).
 
     root default: $VEF_CACHE (else ~/.cache/video_efficient)/synthetic_videos_<parameter hash>.
@@ -152,14 +169,17 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
     folder renamed into place at the end, so concurrent processes (torchrun ranks, pytest
     workers) never see half a dataset; the loser of the rename uses the winner's copy.
     size: (H, W), both even (yuv420p). The last round(videos_per_class * val_fraction) videos of
-    each class form the validation split.
+    each class form the validation split. background: one of BACKGROUNDS (see `_background`).
     """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background {background!r}: choose from {BACKGROUNDS}")
     if not 1 <= num_classes <= len(MOTIONS):
         raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"size {size}: height and width must be even for yuv420p h264")
     config = dict(version=FORMAT_VERSION, num_classes=num_classes, videos_per_class=videos_per_class,
-                  num_frames=num_frames, size=list(size), seed=seed, val_fraction=val_fraction)
+                  num_frames=num_frames, size=list(size), seed=seed, val_fraction=val_fraction,
+                  background=background)
     root = _dataset_root(root, "synthetic_videos", config)
     classes = list(MOTIONS[:num_classes])
 
@@ -172,7 +192,7 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
                 # one generator per video: the content does not depend on writing order
                 rng = np.random.default_rng([seed, label, k])
                 name = f"{motion}/{motion}_{k:03d}.mp4"
-                write_mp4(os.path.join(tmp, name), render_video(motion, rng, num_frames, size))
+                write_mp4(os.path.join(tmp, name), render_video(motion, rng, num_frames, size, background))
                 lines["val" if k >= videos_per_class - num_val else "train"].append(f"{name} {label}\n")
         for split, split_lines in lines.items():
             with open(os.path.join(tmp, f"{split}.txt"), "w") as f:

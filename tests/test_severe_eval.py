@@ -387,6 +387,18 @@ def test_an_r3d_18_backbone_of_ours_builds_r3d_18(tmp_path):
     assert severe_eval.torchvision_architecture(r2plus1d_18().state_dict()) == "r2plus1d_18"
 
 
+def test_a_small_backbone_of_ours_builds_the_small_network(tmp_path):
+    """The Table 5.2 miniature pretrains `--backbone r2plus1d_18_small` (1/4 width); its backbone.pt must
+    build that network here, not the full R(2+1)D-18 (every shape would mismatch in the strict load)."""
+    from common.backbones import encoder_state_dict, video_encoder
+    path = tmp_path / "backbone.pt"
+    torch.save(encoder_state_dict(video_encoder("r2plus1d_18_small")[0]), path)
+    out = str(tmp_path / "out")
+    run(["--setup", "ucf101", *TINY, "--epochs", "0", "--checkpoint", str(path), "--format", "ours",
+         "--out-dir", out])
+    assert result(out, "ucf101")["backbone"] == "r2plus1d_18_small"
+
+
 def test_ntu60_on_its_released_layout_end_to_end(tmp_path):
     """--setup ntu60 --data-root <nturgb+d_rgb>: the cross-subject split from the names of 30 fps MPEG-4
     avi files (NTU's container), 16-frame clips at 16 fps, trained and scored; a corrupt file is skipped."""

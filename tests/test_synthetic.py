@@ -129,6 +129,24 @@ def test_tubelet_pairs_share_their_motion_and_temporal_pairs_their_colours(datas
     assert rates["temporal"][0] > 0.6 and rates["temporal"][1] < 0.5, rates
 
 
+def test_grey_noise_backgrounds_share_one_colour_statistic(dataset, tmp_path):
+    """The world of the Table 5.2 miniature (README): every background is blurred colour noise around
+    grey, so the videos' mean colours agree (the default world's differ by tens of grey levels) while
+    each frame is textured; the choice is part of the cache key, and an unknown one is refused."""
+    grey = synthetic_video_dataset(tmp_path / "grey", num_classes=8, videos_per_class=1, num_frames=2,
+                                   size=(64, 86), background="grey-noise")
+    means = {}
+    for name, data in (("gratings", dataset), ("grey-noise", grey)):
+        frames = [read_clip(path, [0])[0].astype(np.float32) for path, _ in samples_of(data)["train"]]
+        means[name] = np.array([f.mean((0, 1)) for f in frames])  # (videos, 3)
+        if name == "grey-noise":
+            assert all(30 < f.std((0, 1)).min() < 70 for f in frames)  # textured: std 50 before h264
+    assert np.abs(means["grey-noise"] - 128).max() < 12 and means["grey-noise"].std(0).max() < 5, means
+    assert means["gratings"].std(0).min() > 20, means
+    with pytest.raises(ValueError, match="background 'stripes'"):
+        synthetic_video_dataset(tmp_path / "x", background="stripes")
+
+
 def test_same_seed_same_videos(tmp_path):
     small = dict(num_classes=3, videos_per_class=2, num_frames=8, size=(32, 48))
     runs = [synthetic_video_dataset(tmp_path / name, **small, seed=seed)
