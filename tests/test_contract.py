@@ -53,7 +53,9 @@ TRIGGERS = {
 }
 CHOICES = dict(granularity={"combined": "video2clip"},
                bn={"shuffle": "sync", "sync": "shuffle"},
-               train_crop={"resized": "multiscale", "jitter": "resized"})
+               train_crop={"resized": "multiscale", "jitter": "resized"},
+               negatives={"batch": "queue"}, backbone={"r2plus1d_18_small": "r2plus1d_18"},
+               synthetic_background={"grey-noise": "gratings"})
 
 
 def other_value(key, value):
