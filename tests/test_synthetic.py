@@ -86,6 +86,11 @@ def test_appearance_does_not_tell_the_classes_apart(dataset):
     """The Table 5.2 miniature rests on classes that only motion separates: the first frame's colours
     (mean and 8-bin histograms per channel) find a video of the same class, leave-one-out 1-NN over
     the 32 videos, no better than chance (3 / 31)."""
+    assert _colour_1nn_accuracy(dataset) < 0.2
+
+
+def _colour_1nn_accuracy(dataset):
+    """Leave-one-out 1-NN class accuracy of the first frames' colours (mean, 8-bin histograms)."""
     samples = samples_of(dataset)["train"] + samples_of(dataset)["val"]
     features, labels = [], []
     for path, label in samples:
@@ -96,7 +101,7 @@ def test_appearance_does_not_tell_the_classes_apart(dataset):
     features, labels = np.array(features), np.array(labels)
     distances = ((features[:, None] - features[None]) ** 2).sum(-1)
     np.fill_diagonal(distances, np.inf)
-    assert (labels[distances.argmin(1)] == labels).mean() < 0.2
+    return (labels[distances.argmin(1)] == labels).mean()
 
 
 def _in_batch_pick_rate(features_q, features_k):
@@ -132,16 +137,17 @@ def test_tubelet_pairs_share_their_motion_and_temporal_pairs_their_colours(datas
 def test_grey_noise_backgrounds_share_one_colour_statistic(dataset, tmp_path):
     """The world of the Table 5.2 miniature (README): every background is blurred colour noise around
     grey, so the videos' mean colours agree (the default world's differ by tens of grey levels) while
-    each frame is textured; the choice is part of the cache key, and an unknown one is refused."""
-    grey = synthetic_video_dataset(tmp_path / "grey", num_classes=8, videos_per_class=1, num_frames=2,
+    each frame is textured and colour still does not find a video's class; an unknown choice is refused."""
+    grey = synthetic_video_dataset(tmp_path / "grey", num_classes=8, videos_per_class=4, num_frames=2,
                                    size=(64, 86), background="grey-noise")
+    assert _colour_1nn_accuracy(grey) < 0.2  # chance 3 / 31: appearance does not tell the classes apart
     means = {}
     for name, data in (("gratings", dataset), ("grey-noise", grey)):
         frames = [read_clip(path, [0])[0].astype(np.float32) for path, _ in samples_of(data)["train"]]
         means[name] = np.array([f.mean((0, 1)) for f in frames])  # (videos, 3)
         if name == "grey-noise":
             assert all(30 < f.std((0, 1)).min() < 70 for f in frames)  # textured: std 50 before h264
-    assert np.abs(means["grey-noise"] - 128).max() < 12 and means["grey-noise"].std(0).max() < 5, means
+    assert np.abs(means["grey-noise"] - 128).max() < 20 and means["grey-noise"].std(0).max() < 8, means
     assert means["gratings"].std(0).min() > 20, means
     with pytest.raises(ValueError, match="background 'stripes'"):
         synthetic_video_dataset(tmp_path / "x", background="stripes")
