@@ -575,9 +575,9 @@ class SkeletonContrast(nn.Module):
     """
 
     def __init__(self, reprs, width=1.0, dim=128, queue_size=16384, momentum=0.999, temperature=0.07,
-                 shuffle_bn=False, frames=64, bigru="authors", bn_splits=1):
+                 shuffle_bn=False, frames=64, bigru="authors", bn_splits=1, negatives="queue"):
         super().__init__()
-        self.reprs = list(reprs)
+        self.reprs, self.negatives = list(reprs), negatives
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
         self.bn_splits = bn_splits
         self.encoder_q = nn.ModuleDict({r: encoder_with_head(r, width, dim, frames, bigru) for r in self.reprs})
@@ -597,6 +597,8 @@ class SkeletonContrast(nn.Module):
         Returns (loss, terms): the sum of the InfoNCE terms (Eq. 3.6) and a dict
         'query->key' -> (loss of the term, top-1 of the positive among the queue's negatives, batch_top1).
         """
+        if self.negatives == "batch":
+            return self.in_batch(x_q, x_k)
         splits = self.bn_splits if self.shuffle_bn else 1  # HCN and AGCN have BatchNorm (shuffle-BN)
         q = {r: F.normalize(encode_queries(self.encoder_q[r], x_q, splits).float(), dim=1) for r in self.reprs}
         with torch.no_grad():
@@ -614,6 +616,21 @@ class SkeletonContrast(nn.Module):
         ptr = int(self.queue_ptr)  # all queues advance together
         for r in self.reprs:
             self.queue_ptr[0] = enqueue(self.queue(r), ptr, k[r])
+        return loss, terms
+
+    def in_batch(self, x_q, x_k):
+        """`--negatives batch`: the same terms with the other sequences of the batch as N and the keys
+        from the query encoders, trained through both views (no key encoders, no queue; README). Each
+        encoder sees both views in one batch, so BatchNorm statistics are shared by every query and key."""
+        z = {r: F.normalize(self.encoder_q[r](torch.cat([x_q, x_k])).float(), dim=1).chunk(2) for r in self.reprs}
+        labels = torch.arange(len(x_q), device=x_q.device)  # the positive on the diagonal
+        loss, terms = 0.0, {}
+        for a, b in contrast_pairs(self.reprs):
+            logits = z[a][0] @ z[b][1].T / self.temperature
+            term = F.cross_entropy(logits, labels)
+            loss = loss + term
+            top1 = (logits.argmax(dim=1) == labels).float().mean()
+            terms[f"{a}->{b}"] = (term.detach(), top1, top1)
         return loss, terms
 
 
@@ -761,6 +778,9 @@ def parse_args(argv=None):
                    help="negatives |N| per representation: 16,384 for NTU-60/120, 8,192 for PKU-MMD I, "
                         "2,048 for PKU-MMD II (Sec 3.4.2)")
     g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.07, help="tau in Eq. 3.5-3.8")
+    g.add_argument("--negatives", choices=["queue", "batch"], default="queue",
+                   help="N of Eq. 3.5-3.8: queue = MoCo's queue and momentum key encoders (Sec 3.4.2); batch = "
+                        "the other sequences of the batch, keys from the query encoders (a CPU diagnostic, README)")
     g.add_argument("--bn-splits", type=int_at_least(1), default=4,
                    help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "
                         "shuffled and encoded in this many groups, the queries in as many groups in order, as MoCo's "
@@ -897,7 +917,7 @@ def pretrain(args, d):
     model = SkeletonContrast(args.reprs, args.width, queue_size=args.queue_size,
                              momentum=args.moco_momentum, temperature=args.temperature,
                              shuffle_bn=True, bn_splits=args.bn_splits, frames=args.frames,
-                             bigru=args.bigru).to(d.device)
+                             bigru=args.bigru, negatives=args.negatives).to(d.device)
     for r in args.reprs:
         d.print(f"  f_q^{r.upper()}: {count_parameters(model.encoder_q[r].backbone) / 1e6:.2f}M parameters "
                 f"+ {count_parameters(model.encoder_q[r].head) / 1e6:.2f}M projection head")

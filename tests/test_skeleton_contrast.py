@@ -113,6 +113,24 @@ def test_intra_skeleton_loss_and_momentum_update():
     assert model.encoder_q["seq"].z.grad is not None and model.encoder_k["seq"].z.grad is None
 
 
+def test_in_batch_negatives_are_the_other_sequences_of_the_batch():
+    # --negatives batch: each encoder embeds both views in one batch (rows 0..B-1 the queries, B..2B-1
+    # the keys); the query of sequence i must find key i of the other representation among the B keys
+    model = sc.SkeletonContrast(["seq", "stg"], width=0.0625, dim=4, queue_size=6, temperature=0.5,
+                                negatives="batch")
+    z_seq, z_stg = unit(6, 4, seed=1), unit(6, 4, seed=2)
+    model.encoder_q = nn.ModuleDict({"seq": Fixed(z_seq), "stg": Fixed(z_stg)})
+    queue_before = model.queue_seq.clone()
+    loss, terms = model(torch.zeros(3), torch.zeros(3))
+    for (a, qa), (b, kb) in [(("seq", z_seq), ("stg", z_stg)), (("stg", z_stg), ("seq", z_seq))]:
+        q, k = qa[:3], kb[3:]
+        expected = sum(info_nce(q[i:i + 1], k[i:i + 1], torch.cat([k[:i], k[i + 1:]]), 0.5) for i in range(3)) / 3
+        assert float(terms[f"{a}->{b}"][0]) == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(model.queue_seq, queue_before) and int(model.queue_ptr) == 0  # no queue
+    loss.backward()  # both views train the query encoders
+    assert model.encoder_q["seq"].z.grad[3:].abs().sum() > 0 and model.encoder_q["seq"].z.grad[:3].abs().sum() > 0
+
+
 def test_real_encoders_give_finite_loss_and_gradients():
     model = sc.SkeletonContrast(["seq", "img", "stg"], width=0.0625, queue_size=8, frames=16)
     x_q, x_k = torch.randn(2, 4, 3, 16, 25, 2)
