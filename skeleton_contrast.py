@@ -780,7 +780,8 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.07, help="tau in Eq. 3.5-3.8")
     g.add_argument("--negatives", choices=["queue", "batch"], default="queue",
                    help="N of Eq. 3.5-3.8: queue = MoCo's queue and momentum key encoders (Sec 3.4.2); batch = "
-                        "the other sequences of the batch, keys from the query encoders (a CPU diagnostic, README)")
+                        "the other sequences of the batch (of each process under torchrun), keys from the query "
+                        "encoders (a CPU diagnostic, README)")
     g.add_argument("--bn-splits", type=int_at_least(1), default=4,
                    help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "
                         "shuffled and encoded in this many groups, the queries in as many groups in order, as MoCo's "

@@ -649,7 +649,8 @@ def parse_args(argv=None):
                    help="R(2+1)D-18 as in Ch. 5; R3D-18 for Table C.2; R(2+1)D-18 at 1/4 width for CPU miniatures")
     g.add_argument("--negatives", choices=["queue", "batch"], default="queue",
                    help="N of Eq. 5.1: queue = MoCo's queue of earlier keys and momentum key encoder (Sec 5.4.1); "
-                        "batch = the other clips of the batch, one encoder (the CPU miniature, README)")
+                        "batch = the other clips of the batch, one encoder (the CPU miniature, README); under "
+                        "torchrun the other clips of each process's own batch")
     g.add_argument("--queue-size", type=int, default=65536,
                    help="MoCo negatives |N| in Eq. 5.1: 65,536 for Kinetics-400, 16,384 for Mini-Kinetics")
     g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.2, help="tau in Eq. 5.1")
@@ -757,8 +758,9 @@ def benchmark(args, d, loader, model, optimizer):
     scaler = grad_scaler(d.device, False)
     step_s = seconds_per_call(lambda: train_step(model, optimizer, None, scaler, q, k, args, d), d.device,
                               max(2, iters // 2))
-    print(f"step pairs/s: {bs / step_s:.1f}  (MoCo step: query fwd+bwd, key fwd, queue update; "
-          f"{step_s:.2f} s per batch of {bs})", flush=True)
+    step = ("MoCo step: query fwd+bwd, key fwd, queue update" if args.negatives == "queue" else
+            "in-batch step: both views fwd+bwd")
+    print(f"step pairs/s: {bs / step_s:.1f}  ({step}; {step_s:.2f} s per batch of {bs})", flush=True)
     print(f"tubelets / step time: {100 * bs / tubelets_per_s / step_s:.2f}%  (all of make_views: "
           f"{100 * bs / pairs_per_s / step_s:.1f}%)", flush=True)
 
