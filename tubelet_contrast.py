@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed.nn  # all_gather with gradients, for --negatives batch under torchrun
 import torch.nn.functional as F
 from torch import nn
 
@@ -37,7 +38,7 @@ from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, vi
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
                            parse_with_presets, resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch,
                            seconds_per_call, seed_everything, sync, unwrap)
-from common.moco import MoCo, batch_top1, check_queue_size
+from common.moco import MoCo, batch_top1, check_queue_size, single_process
 from common.synthetic import BACKGROUNDS, synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
 
@@ -604,7 +605,7 @@ class EncoderWithHead(nn.Module):
 
 
 class InBatchContrast(nn.Module):
-    """Eq. 5.1 with the other clips of the batch as the negatives N (`--negatives batch`): one encoder
+    """Eq. 5.1 with the other clips of the (global) batch as the negatives N (`--negatives batch`): one encoder
     for both views, trained through both, no momentum key encoder and no queue. The thesis uses MoCo
     only to enlarge N (Sec 5.4.1); in a CPU miniature MoCo's outputs collapse onto one drifting direction
     before tubelet pairs are told apart, this form learns them (README, Chapter 5). Same outputs as MoCo."""
@@ -615,8 +616,12 @@ class InBatchContrast(nn.Module):
 
     def forward(self, x_q, x_k):
         q, k = F.normalize(self.encoder_q(torch.cat([x_q, x_k])).float(), dim=1).chunk(2)
-        logits = q @ k.T / self.temperature  # the positive on the diagonal
-        return logits, torch.arange(len(q), device=q.device), batch_top1(q.detach(), k.detach())
+        labels = torch.arange(len(q), device=q.device)  # the positive on the diagonal
+        if not single_process():  # N is the global batch: every process's keys, gradients flowing back
+            labels = labels + torch.distributed.get_rank() * len(q)
+            k = torch.cat(torch.distributed.nn.functional.all_gather(k))
+        logits = q @ k.T / self.temperature
+        return logits, labels, batch_top1(q.detach(), k.detach()[labels])
 
 
 # ============ arguments ============
@@ -649,8 +654,7 @@ def parse_args(argv=None):
                    help="R(2+1)D-18 as in Ch. 5; R3D-18 for Table C.2; R(2+1)D-18 at 1/4 width for CPU miniatures")
     g.add_argument("--negatives", choices=["queue", "batch"], default="queue",
                    help="N of Eq. 5.1: queue = MoCo's queue of earlier keys and momentum key encoder (Sec 5.4.1); "
-                        "batch = the other clips of the batch, one encoder (the CPU miniature, README); under "
-                        "torchrun the other clips of each process's own batch")
+                        "batch = the other clips of the global batch, one encoder (the CPU miniature, README)")
     g.add_argument("--queue-size", type=int, default=65536,
                    help="MoCo negatives |N| in Eq. 5.1: 65,536 for Kinetics-400, 16,384 for Mini-Kinetics")
     g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.2, help="tau in Eq. 5.1")

@@ -127,17 +127,22 @@ def test_data_fraction_uses_a_subset(videos, tmp_path):
     assert f"{round(0.5 * n_train)} pretraining videos" in proc.stdout
 
 
-def test_torchrun_two_processes(videos, tmp_path):
+@pytest.mark.parametrize("negatives", ["queue", "batch"])
+def test_torchrun_two_processes(videos, tmp_path, negatives):
     out = str(tmp_path / "ddp")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
          "tubelet_contrast.py", *TINY, *data_flags(videos), "--epochs", "1", "--batch-size", "2",
-         "--bn", "shuffle", "--out-dir", out],
+         "--bn", "shuffle", "--negatives", negatives, "--out-dir", out],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = read_log(out)
     assert len(log) == 1  # only rank 0 writes
     assert os.path.exists(os.path.join(out, "backbone.pt"))
+    if negatives == "batch":
+        # one clip per process: with the global batch as N the loss is about ln 2; a process's own batch
+        # alone would hold no negative and give a loss of exactly 0
+        assert log[0]["loss"] > 0.3, log
 
 
 def test_benchmark_prints_its_figures(videos, tmp_path):
