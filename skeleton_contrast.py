@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed.nn  # all_gather with gradients, for --negatives batch under torchrun
 import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import draw_keypoints, save_image
@@ -48,7 +49,7 @@ from common.engine import (Dist, Progress, add_common_args, autocast, check_fini
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
 from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
-                         momentum_update)
+                         momentum_update, single_process)
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
 
@@ -619,11 +620,14 @@ class SkeletonContrast(nn.Module):
         return loss, terms
 
     def in_batch(self, x_q, x_k):
-        """`--negatives batch`: the same terms with the other sequences of the batch as N and the keys
+        """`--negatives batch`: the same terms with the other sequences of the (global) batch as N and the keys
         from the query encoders, trained through both views (no key encoders, no queue; README). Each
         encoder sees both views in one batch, so BatchNorm statistics are shared by every query and key."""
         z = {r: F.normalize(self.encoder_q[r](torch.cat([x_q, x_k])).float(), dim=1).chunk(2) for r in self.reprs}
         labels = torch.arange(len(x_q), device=x_q.device)  # the positive on the diagonal
+        if not single_process():  # N: the keys of every process, gradients flowing back
+            labels = labels + torch.distributed.get_rank() * len(x_q)
+            z = {r: (q, torch.cat(torch.distributed.nn.functional.all_gather(k))) for r, (q, k) in z.items()}
         loss, terms = 0.0, {}
         for a, b in contrast_pairs(self.reprs):
             logits = z[a][0] @ z[b][1].T / self.temperature
@@ -780,7 +784,7 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float_in(0, open_low=True), default=0.07, help="tau in Eq. 3.5-3.8")
     g.add_argument("--negatives", choices=["queue", "batch"], default="queue",
                    help="N of Eq. 3.5-3.8: queue = MoCo's queue and momentum key encoders (Sec 3.4.2); batch = "
-                        "the other sequences of the batch (of each process under torchrun), keys from the query "
+                        "the other sequences of the batch (of all processes under torchrun), keys from the query "
                         "encoders (a CPU diagnostic, README)")
     g.add_argument("--bn-splits", type=int_at_least(1), default=4,
                    help="one process (CPU, one GPU): BatchNorm groups for shuffle-BN (MoCo Sec 3.3): the key batch is "

@@ -247,6 +247,20 @@ def test_torchrun_two_processes(skeletons, tmp_path):
     assert read_log(out)[0]["epoch"] == 0
 
 
+def test_torchrun_in_batch_negatives_are_the_global_batch(skeletons, tmp_path):
+    # one sequence per process: with every process's keys as N each term is about ln 2; a process's own
+    # batch alone would hold no negative and give a loss of exactly 0
+    out = str(tmp_path / "ddp")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
+         "skeleton_contrast.py", *TINY, "--data-root", skeletons["root"], "--batch-size", "2",
+         "--reprs", "seq,img", "--negatives", "batch", "--epochs", "1", "--out-dir", out],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = read_log(out)[0]
+    assert record["loss seq->img"] > 0.3 and record["loss img->seq"] > 0.3, record
+
+
 def test_benchmark_prints_every_figure(skeletons):
     proc = run([*TINY, "--data-root", skeletons["root"], "--benchmark"])
     assert "augment pairs/s:" in proc.stdout
