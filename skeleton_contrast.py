@@ -39,7 +39,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed.nn  # all_gather with gradients, for --negatives batch under torchrun
 import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import draw_keypoints, save_image
@@ -49,7 +48,7 @@ from common.engine import (Dist, Progress, add_common_args, autocast, check_fini
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
 from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
-                         momentum_update, single_process)
+                         global_keys, momentum_update)
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
 
@@ -623,14 +622,13 @@ class SkeletonContrast(nn.Module):
         """`--negatives batch`: the same terms with the other sequences of the (global) batch as N and the keys
         from the query encoders, trained through both views (no key encoders, no queue; README). Each
         encoder sees both views in one batch, so BatchNorm statistics are shared by every query and key."""
-        z = {r: F.normalize(self.encoder_q[r](torch.cat([x_q, x_k])).float(), dim=1).chunk(2) for r in self.reprs}
-        labels = torch.arange(len(x_q), device=x_q.device)  # the positive on the diagonal
-        if not single_process():  # N: the keys of every process, gradients flowing back
-            labels = labels + torch.distributed.get_rank() * len(x_q)
-            z = {r: (q, torch.cat(torch.distributed.nn.functional.all_gather(k))) for r, (q, k) in z.items()}
+        q, keys = {}, {}
+        for r in self.reprs:
+            q[r], k = F.normalize(self.encoder_q[r](torch.cat([x_q, x_k])).float(), dim=1).chunk(2)
+            keys[r], labels = global_keys(k)  # N: the keys of every process; the positive at `labels`
         loss, terms = 0.0, {}
         for a, b in contrast_pairs(self.reprs):
-            logits = z[a][0] @ z[b][1].T / self.temperature
+            logits = q[a] @ keys[b].T / self.temperature
             term = F.cross_entropy(logits, labels)
             loss = loss + term
             top1 = (logits.argmax(dim=1) == labels).float().mean()

@@ -9,6 +9,7 @@ import copy
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # all_gather with gradients (global_keys)
 import torch.nn.functional as F
 from torch import nn
 
@@ -78,6 +79,15 @@ def batch_top1(q, k):
     telling its inputs apart; then the queue top-1 rises while this stays at chance (1 / B), since all
     keys of a batch are equally fresh. Logged next to the queue top-1 to tell the two apart."""
     return ((q @ k.T).argmax(dim=1) == torch.arange(len(q), device=q.device)).float().mean()
+
+
+def global_keys(k):
+    """In-batch negatives over the global batch: (the keys (B, dim) of every process, concatenated with
+    their gradients, and the index of this process's own B keys in them). In one process: (k, 0..B-1)."""
+    labels = torch.arange(len(k), device=k.device)
+    if single_process():
+        return k, labels
+    return torch.cat(torch.distributed.nn.functional.all_gather(k)), labels + dist.get_rank() * len(k)
 
 
 @torch.no_grad()
