@@ -850,13 +850,6 @@ class StageRun:
         self.d.barrier()
 
 
-def ddp(model, d):
-    model.to(d.device)
-    if d.distributed:
-        return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    return model
-
-
 def stage_epochs(args, stage):
     return dict(teacher=args.teacher_epochs, transfer=args.transfer_epochs, finetune=args.finetune_epochs)[stage]
 
@@ -881,7 +874,7 @@ def run_teacher(args, d):
                     counter=BadVideoCounter(args.max_bad_fraction))
     loader = make_loader(dataset, args, d, train=True)
     encoder, width = video_encoder(args.arch, in_channels=MODALITY_CHANNELS[args.teacher_modality])
-    model = ddp(Classifier(encoder, width, num_classes), d)
+    model = d.wrap(Classifier(encoder, width, num_classes))
     run = StageRun(args, d, out, model, model.parameters(), loader, stage_epochs(args, "teacher"), args.teacher_lr,
                    1e-3, "teacher")
     for _ in run.epochs():
@@ -1011,7 +1004,7 @@ def run_transfer(args, d):
             else:
                 dataset.rows = [dataset.rows[k] for k in read.tolist()]
     encoder, widths = new_student_encoder(args)
-    model = ddp(Student(args.target, encoder, layers, RESNET_WIDTHS, widths), d)
+    model = d.wrap(Student(args.target, encoder, layers, RESNET_WIDTHS, widths))
     loader = make_loader(dataset, args, d, train=True)
     run = StageRun(args, d, out, model, model.parameters(), loader, stage_epochs(args, "transfer"), args.lr,
                    args.weight_decay, "transfer")
@@ -1109,7 +1102,7 @@ def run_finetune(args, d, seed):
     seed_everything(seed, d.rank)
     model = initial_student(args, num_classes)
     params = freeze_for_finetuning(model, args.finetune_layers)
-    model = ddp(model, d)
+    model = d.wrap(model)
     loader = make_loader(subset, args, d, train=True)
     run = StageRun(args, d, out, model, params, loader, stage_epochs(args, "finetune"), args.lr, args.weight_decay,
                    "finetune")

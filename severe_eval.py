@@ -1741,10 +1741,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
         raise SystemExit(f"{setup.name}: repetition counting is evaluated by finetuning only (App. C.4)")
     sched = schedule(args, setup)
     epochs, batch_size = sched.epochs, d.local_batch(sched.batch_size)
-    model = CountingHead(backbone, feature_dim).to(d.device)
-    if d.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    model = d.wrap(CountingHead(backbone, feature_dim))
     optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
     scaler = grad_scaler(d.device, args.amp)
@@ -2087,11 +2084,8 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
                           silhouette=silhouette_score(test_f, assign))
         return finish(args, d, setup_name, out_dir, result, info, epochs=0, t_start=t_start)
 
-    model = Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear",
-                       dropout=args.dropout, probe_bn=args.probe_bn).to(d.device)
-    if d.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    model = d.wrap(Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear",
+                              dropout=args.dropout, probe_bn=args.probe_bn))
     params = [p for p in model.parameters() if p.requires_grad]
     if sched.optimizer == "sgd":  # Charades only (SlowFast's recipe in SEVERE's config, App. C.4)
         optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay, fused=True)

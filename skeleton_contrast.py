@@ -920,13 +920,11 @@ def pretrain(args, d):
     model = SkeletonContrast(args.reprs, args.width, queue_size=args.queue_size,
                              momentum=args.moco_momentum, temperature=args.temperature,
                              shuffle_bn=True, bn_splits=args.bn_splits, frames=args.frames,
-                             bigru=args.bigru, negatives=args.negatives).to(d.device)
+                             bigru=args.bigru, negatives=args.negatives)
     for r in args.reprs:
         d.print(f"  f_q^{r.upper()}: {count_parameters(model.encoder_q[r].backbone) / 1e6:.2f}M parameters "
                 f"+ {count_parameters(model.encoder_q[r].head) / 1e6:.2f}M projection head")
-    if d.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    model = d.wrap(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.schedule, gamma=0.1)
@@ -1060,8 +1058,7 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
     if frozen:
         for p in model.backbones.parameters():
             p.requires_grad = False
-    ddp = nn.parallel.DistributedDataParallel(
-        model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.distributed else model
+    ddp = d.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if frozen:
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0, fused=True)

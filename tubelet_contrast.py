@@ -823,10 +823,7 @@ def main(argv=None):
         model = InBatchContrast(EncoderWithHead(args.backbone), args.temperature)
     if args.bn == "sync" and d.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(d.device)
-    if d.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    model = d.wrap(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                 momentum=0.9, weight_decay=args.weight_decay, fused=True)
     total_iters = args.epochs * len(loader)

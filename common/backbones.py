@@ -22,7 +22,6 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
-
 class ZeroPadShortcut(nn.Module):
     """Hara et al.'s type-A shortcut: the input subsampled by `stride` in time and space, its new
     channels zero. No parameters (their ResNet-18 and -34 use it; ResNet-50 and deeper use type B)."""
@@ -321,13 +320,11 @@ class STGCNBlock(nn.Module):
     1x1 conv + BN (both codes). ST-GCN drops out at the end of the temporal unit; 2s-AGCN has no dropout.
     """
 
-    def __init__(self, in_channels, out_channels, A, stride=1, residual=True, dropout=0.0, adaptive=False,
-                 temporal_kernel=9):
+    def __init__(self, in_channels, out_channels, A, stride=1, residual=True, dropout=0.0, adaptive=False):
         super().__init__()
         self.gcn = GraphConv(in_channels, out_channels, A, adaptive=adaptive)
-        pad = (temporal_kernel - 1) // 2
         self.tcn = nn.Sequential(
-            nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1), (pad, 0)),
+            nn.Conv2d(out_channels, out_channels, (9, 1), (stride, 1), (4, 0)),
             nn.BatchNorm2d(out_channels),
             nn.Dropout(dropout))
         if not residual:
@@ -360,7 +357,6 @@ class _SkeletonGCN(nn.Module):
         super().__init__()
         A = ntu_adjacency(strategy)
         V = A.size(-1)
-        self.num_persons, self.num_joints, self.in_channels = num_persons, V, in_channels
         self.bn_per_person = bn_per_person
         self.data_bn = nn.BatchNorm1d((num_persons if bn_per_person else 1) * V * in_channels)
         blocks, c_in = [], in_channels
@@ -376,10 +372,7 @@ class _SkeletonGCN(nn.Module):
         """x: (N, C, T, V, M) joint coordinates -> (N, feature_dim) features."""
         N, C, T, V, M = x.shape
         x = x.permute(0, 4, 3, 1, 2)  # (N, M, V, C, T): normalise each (person,) joint and coordinate over N, T
-        if self.bn_per_person:
-            x = self.data_bn(x.reshape(N, M * V * C, T))
-        else:
-            x = self.data_bn(x.reshape(N * M, V * C, T))
+        x = self.data_bn(x.reshape(N, M * V * C, T) if self.bn_per_person else x.reshape(N * M, V * C, T))
         x = x.view(N, M, V, C, T).permute(0, 1, 3, 4, 2).reshape(N * M, C, T, V)
         x = self.blocks(x)                      # (N M, C', T', V)
         return x.view(N, M, x.size(1), -1).mean(dim=3).mean(dim=1)

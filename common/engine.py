@@ -10,6 +10,7 @@ import contextlib
 import copy
 import ctypes
 import datetime
+import functools
 import json
 import math
 import os
@@ -91,12 +92,7 @@ def add_common_args(parser, video=True, lists=True, **help):
 
 # ============ presets: defaults that depend on other flags ============
 
-class _Unset:
-    def __repr__(self):
-        return "<not given>"
-
-
-_UNSET = _Unset()
+_UNSET = object()  # the value of a flag not given on the command line
 
 
 def parse_with_presets(parser, argv, presets):
@@ -183,6 +179,14 @@ class Dist:
                              f"{self.world_size} processes")
         return global_batch // self.world_size
 
+    def wrap(self, model):
+        """model on this process's device, inside DistributedDataParallel under torchrun."""
+        model.to(self.device)
+        if not self.distributed:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def print(self, *args, **kwargs):
         if self.main:
             print(*args, **kwargs, flush=True)
@@ -219,9 +223,7 @@ def unwrap(model):
 
 # ============ CPU memory ============
 
-_CPU_MEMORY_KEPT = []
-
-
+@functools.cache
 def reuse_freed_cpu_memory():
     """Asks glibc to keep freed memory for reuse instead of returning every large block to the OS.
 
@@ -231,16 +233,13 @@ def reuse_freed_cpu_memory():
     idempotent; the training scripts call it when they run on the CPU. Returns whether it took
     effect (False without glibc).
     """
-    if _CPU_MEMORY_KEPT:
-        return _CPU_MEMORY_KEPT[0]
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocate up to 1 GiB from the heap
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
-        _CPU_MEMORY_KEPT.append(True)
+        return True
     except (OSError, AttributeError):
-        _CPU_MEMORY_KEPT.append(False)
-    return _CPU_MEMORY_KEPT[0]
+        return False
 
 
 # ============ mixed precision ============

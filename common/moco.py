@@ -148,33 +148,25 @@ def encode_keys(encoders_k, x_k, shuffle_bn=True, bn_splits=1):
         return [torch.cat([encoder(part) for part in x_k[perm].chunk(bn_splits)])[unshuffle]
                 if has_batchnorm(encoder) else encoder(x_k) for encoder in encoders_k]
     x_k, idx_unshuffle = batch_shuffle(x_k)
-    return [batch_unshuffle(encoder(x_k), idx_unshuffle) for encoder in encoders_k]
+    return [concat_all_gather(encoder(x_k))[idx_unshuffle] for encoder in encoders_k]
 
 
 @torch.no_grad()
 def batch_shuffle(x):
-    """Shuffle a batch across all processes (shuffle-BN, MoCo Sec 3.3); returns (this process's
-    part, the index that undoes it with `batch_unshuffle`). In a single process it permutes the
-    batch locally, which changes nothing for BatchNorm: `encode_keys` splits it into groups there."""
+    """Shuffle a batch across all processes (shuffle-BN, MoCo Sec 3.3, under torchrun); returns (this
+    process's part, its rows of the index that undoes the shuffle on the gathered batch)."""
     x_all = concat_all_gather(x)
-    n_all, n = x_all.shape[0], x.shape[0]
-    idx_shuffle = torch.randperm(n_all, device=x.device)
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast(idx_shuffle, src=0)  # every process uses rank 0's permutation
+    n = x.shape[0]
+    idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
+    dist.broadcast(idx_shuffle, src=0)  # every process uses rank 0's permutation
     idx_unshuffle = torch.argsort(idx_shuffle)
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    return x_all[idx_shuffle.view(-1, n)[rank]], idx_unshuffle.view(-1, n)[rank]
-
-
-@torch.no_grad()
-def batch_unshuffle(x, idx_unshuffle):
-    return concat_all_gather(x)[idx_unshuffle]
+    return x_all[idx_shuffle.view(-1, n)[dist.get_rank()]], idx_unshuffle.view(-1, n)[dist.get_rank()]
 
 
 @torch.no_grad()
 def concat_all_gather(x):
     """All-gather along the batch dimension (no gradient); the identity in a single process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if single_process():
         return x
     gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, x.contiguous())

@@ -17,6 +17,8 @@ Joint indices are 0-based in code; the NTU paper numbers them 1-25. The ones use
     4 (NTU 5)  left shoulder                        8 (NTU 9)  right shoulder
     20 (NTU 21) spine at the shoulders
 """
+import contextlib
+import functools
 import mmap
 import os
 import pickle
@@ -501,18 +503,25 @@ def _name_list(file_name):
 
 # ============ writing the shared format ============
 
-def _pool(workers):
-    """A multiprocessing pool, or None to work in this process (workers=0)."""
+@contextlib.contextmanager
+def _parallel_map(workers, chunksize=1):
+    """An ordered map over a pool of `workers` processes (None: up to 8), or in this process (0);
+    the workers are terminated on leaving, errors included."""
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
-    return multiprocessing.Pool(workers) if workers > 0 else None
+    if workers <= 0:
+        yield map
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield functools.partial(pool.imap, chunksize=chunksize)
 
 
-def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=MAX_BODIES):
+def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=MAX_BODIES, drop_empty=False):
     """Writes {split}_data_joint.npy, _label.pkl and _num_frame.npy from per-sample results.
 
     `results` yields (array (3, max_frames, 25, num_bodies), num_valid_frames) in the order of
-    `names`, or (None, error) for a file that could not be read: it is reported and left out.
+    `names`, or (None, error) for a file that could not be read: it is reported and left out;
+    with drop_empty, samples of 0 valid frames are left out too and counted in one line.
     The data go straight into a memory-mapped .npy (np.lib.format.open_memmap), so memory stays
     at one sample whatever the dataset size. The label pickle is (names, labels) as in 2s-AGCN,
     protocol 4 (loadable by any Python 3). Returns the number of samples written.
@@ -521,11 +530,14 @@ def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=
     shape = (len(names), 3, max_frames, NUM_JOINTS, num_bodies)
     data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     num_frames = np.zeros(len(names), dtype=np.int64)
-    kept, seen = [], 0
+    kept, seen, empty = [], 0, 0
     for i, (array, length) in enumerate(results):
         seen += 1
         if array is None:
             print(f"skipping unreadable skeleton file {names[i]}: {length}", file=sys.stderr, flush=True)
+            continue
+        if drop_empty and not length:
+            empty += 1
             continue
         data[len(kept)], num_frames[len(kept)] = array, length
         kept.append(i)
@@ -533,6 +545,9 @@ def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=
             print(f"{split}: {seen}/{len(names)} samples", file=sys.stderr, flush=True)
     if seen != len(names):
         raise RuntimeError(f"{split}: got {seen} samples for {len(names)} names")
+    if empty:
+        print(f"{split}: {empty} of {len(names)} actions have no skeleton in their interval, dropped",
+              file=sys.stderr)
     data.flush()
     if len(kept) < len(names):  # unreadable files: the array keeps only the rows written
         compact = np.lib.format.open_memmap(path + ".tmp", mode="w+", dtype=np.float32,
@@ -609,19 +624,14 @@ def prepare_ntu(skeleton_dir, out_dir, benchmark, dataset="ntu60", workers=None,
     print(f"{dataset} {benchmark}: {len(split_names['train'])} train, {len(split_names['val'])} "
           f"val samples; {skipped} with missing skeletons skipped", file=sys.stderr)
     os.makedirs(out_dir, exist_ok=True)
-    pool = _pool(workers)
     counts = {}
-    try:
+    with _parallel_map(workers, chunksize=16) as imap:
         for split, names in split_names.items():
             labels = [parse_ntu_name(n)["action"] - 1 for n in names]
             jobs = [(files[n], max_frames, normalize) for n in names]
-            results = map(_ntu_sample, jobs) if pool is None else pool.imap(_ntu_sample, jobs,
-                                                                              chunksize=16)
-            counts[split] = _write_split(out_dir, split, names, labels, results, max_frames)
-    finally:
-        if pool is not None:
-            pool.terminate()
-    listed, bad = sum(map(len, split_names.values())), sum(map(len, split_names.values())) - sum(counts.values())
+            counts[split] = _write_split(out_dir, split, names, labels, imap(_ntu_sample, jobs), max_frames)
+    listed = sum(map(len, split_names.values()))
+    bad = listed - sum(counts.values())
     if bad > max_bad_fraction * listed:
         raise RuntimeError(f"{bad} of {listed} .skeleton files could not be read (more than {max_bad_fraction:.0%}); "
                            f"the messages above name them")
@@ -756,9 +766,8 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
             raise FileNotFoundError(f"PKU-MMD phase {phase} {what} not found: {path}")
     split_videos = dict(zip(SPLITS, read_pku_split(split_file)))
     os.makedirs(out_dir, exist_ok=True)
-    pool = _pool(workers)
     counts = {}
-    try:
+    with _parallel_map(workers) as imap:
         for split, videos in split_videos.items():
             jobs, names, labels, absent = [], [], [], []
             for video in videos:
@@ -770,8 +779,8 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
                 rows = read_pku_labels(label_file)
                 jobs.append((skeleton, [(int(s), int(e)) for _, s, e, _ in rows], max_frames,
                              normalize))
-                names.append([f"{video}_{k}" for k in range(len(rows))])
-                labels.append([int(r[0]) - 1 for r in rows])
+                names.extend(f"{video}_{k}" for k in range(len(rows)))
+                labels.extend(int(r[0]) - 1 for r in rows)
             if absent:
                 print(f"PKU-MMD phase {phase} {split}: {len(absent)} of {len(videos)} videos of "
                       f"{split_file} lack a skeleton or label file, skipped (first: {absent[0]})",
@@ -779,52 +788,7 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
             if not jobs:
                 raise FileNotFoundError(f"none of the {split} videos of {split_file} found in "
                                         f"{skeleton_dir} and {label_dir}")
-            per_video = map(_pku_video, jobs) if pool is None else pool.imap(_pku_video, jobs)
-            counts[split] = _write_pku_split(out_dir, split, names, labels, per_video, max_frames)
-    finally:
-        if pool is not None:
-            pool.terminate()
+            results = (sample for video in imap(_pku_video, jobs) for sample in video)
+            counts[split] = _write_split(out_dir, split, names, labels, results, max_frames, drop_empty=True)
     return counts
-
-
-def _write_pku_split(out_dir, split, names, labels, per_video, max_frames):
-    """Writes one split, dropping empty actions; returns the number of samples kept.
-
-    Which actions are empty is only known after reading the skeletons, so the samples go to a
-    temporary memory-mapped file first and the kept ones are copied into the final file
-    (streamed, one sample at a time) only if some were dropped.
-    """
-    total = sum(len(n) for n in names)
-    tmp_dir = os.path.join(out_dir, f".{split}_tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    kept_names, kept_labels, keep = [], [], []
-
-    def flat():
-        for video_names, video_labels, results in zip(names, labels, per_video):
-            for name, label, (array, length) in zip(video_names, video_labels, results):
-                keep.append(length > 0)
-                if length > 0:
-                    kept_names.append(name)
-                    kept_labels.append(label)
-                yield array, length
-
-    _write_split(tmp_dir, split, [n for video in names for n in video],
-                 [l for video in labels for l in video], flat(), max_frames)
-    if all(keep):
-        for suffix in ("data_joint.npy", "label.pkl", "num_frame.npy"):
-            os.replace(os.path.join(tmp_dir, f"{split}_{suffix}"),
-                       os.path.join(out_dir, f"{split}_{suffix}"))
-    else:
-        print(f"{split}: {total - sum(keep)} of {total} actions have no skeleton in their "
-              f"interval, dropped", file=sys.stderr)
-        source = np.load(os.path.join(tmp_dir, f"{split}_data_joint.npy"), mmap_mode="r")
-        source_frames = np.load(os.path.join(tmp_dir, f"{split}_num_frame.npy"))
-        rows = np.flatnonzero(keep)
-        _write_split(out_dir, split, kept_names, kept_labels,
-                     ((source[i], source_frames[i]) for i in rows), max_frames)
-        del source
-        for suffix in ("data_joint.npy", "label.pkl", "num_frame.npy"):
-            os.remove(os.path.join(tmp_dir, f"{split}_{suffix}"))
-    os.rmdir(tmp_dir)
-    return len(kept_names)
 

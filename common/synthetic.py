@@ -19,10 +19,15 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import warnings
+import zlib
 
 import av
 import numpy as np
+
+from common.skeleton import MAX_FRAMES, _parallel_map, _write_split, normalize_skeleton, ntu_split, protocol_paths
 
 # Class index = position here. Image coordinates: x right, y down, so an angle increasing over
 # time turns clockwise on screen.
@@ -164,10 +169,8 @@ def synthetic_video_dataset(root=None, num_classes=8, videos_per_class=12, num_f
                             size=(128, 170), seed=0, val_fraction=0.25, background="gratings"):
     """Writes the dataset once and returns dict(root, train_list, val_list, classes).
 
-    root default: $VEF_CACHE (else ~/.cache/video_efficient)/synthetic_videos_<parameter hash>.
-    An existing complete dataset with the same parameters is reused. Writing goes to a temporary
-    folder renamed into place at the end, so concurrent processes (torchrun ranks, pytest
-    workers) never see half a dataset; the loser of the rename uses the winner's copy.
+    root default: $VEF_CACHE (else ~/.cache/video_efficient)/synthetic_videos_<parameter hash>;
+    a complete dataset with the same parameters is reused, and writing is atomic (`_write_once`).
     size: (H, W), both even (yuv420p). The last round(videos_per_class * val_fraction) videos of
     each class form the validation split. background: one of BACKGROUNDS (see `_background`).
     """
@@ -536,15 +539,10 @@ def _skeleton_sample(action, rng, frames):
     [frames[0], frames[1]], then up to 10% cut from either end, then normalised as prepare_ntu
     normalises the real files (2s-AGCN: centred on the middle of the spine every frame, spine
     along z, shoulders along x), so models see the coordinates they would see on NTU."""
-    from common.skeleton import MAX_FRAMES, normalize_skeleton
-
     length = int(rng.integers(frames[0], frames[1] + 1))
     sample = render_skeleton_action(action, rng, length)
     cut_start, cut_end = (int(c) for c in rng.integers(0, length // 10 + 1, 2))
-    sample = normalize_skeleton(sample[:, cut_start:length - cut_end])
-    padded = np.zeros((3, MAX_FRAMES) + sample.shape[2:], np.float32)
-    padded[:, :sample.shape[1]] = sample
-    return padded, sample.shape[1]
+    return _pad_frames(normalize_skeleton(sample[:, cut_start:length - cut_end]))
 
 
 def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per_class_val=12,
@@ -561,8 +559,6 @@ def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per
     root default: $VEF_CACHE (else ~/.cache/video_efficient)/synthetic_skeletons_<parameter hash>;
     caching and atomic writing as synthetic_video_dataset.
     """
-    from common.skeleton import MAX_FRAMES, _write_split, protocol_paths
-
     if not 1 <= num_classes <= len(SKELETON_ACTIONS):
         raise ValueError(f"num_classes must be in 1..{len(SKELETON_ACTIONS)}, got {num_classes}")
     if not 2 <= frames[0] <= frames[1] <= MAX_FRAMES:
@@ -600,8 +596,6 @@ def write_png16(path, array):
     torchvision's encode_png takes uint8 only; NTU's depth maps are 16-bit PNGs in millimetres.
     PNG stores samples big-endian, one filter-type byte (0 = none) before every row.
     """
-    import struct
-    import zlib
 
     array = np.asarray(array)
     if array.ndim != 2:
@@ -834,7 +828,6 @@ def write_avi(path, frames, fps=NTU_FPS, bit_rate=2_000_000):
 def _write_paired_video(tmp, name, views, with_depth, bound=FLOW_BOUND):
     """Writes one camera's RGB avi, flow JPEGs and (target classes) masked-depth PNGs in the
     NTU RGB+D / denseflow layout under `tmp`."""
-    import warnings
 
     import torch
     from torchvision.io import encode_jpeg
@@ -894,8 +887,6 @@ def _paired_performance(job):
 
 def _pad_frames(sample):
     """(3, T, 25, 2) -> ((3, MAX_FRAMES, 25, 2) zero-padded, T)."""
-    from common.skeleton import MAX_FRAMES
-
     padded = np.zeros((3, MAX_FRAMES) + sample.shape[2:], np.float32)
     padded[:, :sample.shape[1]] = sample
     return padded, sample.shape[1]
@@ -923,8 +914,6 @@ def synthetic_paired_dataset(root=None, target_actions=6, source_actions=4, subj
     like synthetic_video_dataset (root default: $VEF_CACHE or ~/.cache/video_efficient).
     workers: processes rendering performances (default min(CPUs, 8); 0 = this process only).
     """
-    from common.skeleton import MAX_FRAMES, _pool, _write_split, ntu_split
-
     if not (1 <= target_actions <= len(PAIRED_TARGET) and 1 <= source_actions <= len(PAIRED_SOURCE)):
         raise ValueError(f"target_actions must be in 1..{len(PAIRED_TARGET)} and source_actions in "
                          f"1..{len(PAIRED_SOURCE)}, got {target_actions}, {source_actions}")
@@ -950,12 +939,8 @@ def synthetic_paired_dataset(root=None, target_actions=6, source_actions=4, subj
                  replication)
                 for label, (number, action) in enumerate(target + source)
                 for subject in range(1, subjects + 1) for replication in range(1, replications + 1)]
-        pool = _pool(workers)
-        if pool is None:
-            done = [_paired_performance(job) for job in jobs]
-        else:
-            with pool:  # terminates the workers on errors too
-                done = pool.map(_paired_performance, jobs, chunksize=1)
+        with _parallel_map(workers) as imap:
+            done = list(imap(_paired_performance, jobs))
         skeletons = sorted((sample for samples in done for sample in samples), key=lambda x: x[0])
         for split in ("train", "val"):
             samples = [x for x in skeletons if ntu_split(x[0], "xview") == split]
