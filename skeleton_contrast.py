@@ -44,7 +44,7 @@ from torch import nn
 from torchvision.utils import draw_keypoints, save_image
 
 from common.backbones import AGCN, NTU_EDGES
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
+from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, float_in, int_at_least,
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
 from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
@@ -197,20 +197,15 @@ def _jitter_matrices(B, mode, device):
     raise ValueError(f"unknown jitter mode {mode!r}; choose from {JITTER_MODES}")
 
 
-def _jittered_joints(B, V, num_joints, device):
-    """(B, V) bool, exactly num_joints distinct True joints per sample (the subset j of Eq. 3.2)."""
+def _jitter_joint_matrices(B, V, num_joints, mode, device):
+    """(B, V, 3, 3): the sample's jitter matrix at its |j| = num_joints distinct random joints (the subset
+    j of Eq. 3.2), the identity elsewhere; the same joints and matrix for both persons and all frames
+    (Eq. 3.2; as the authors' code)."""
     if not 0 <= num_joints <= V:
         raise ValueError(f"--jitter-joints must be in [0, {V}], got {num_joints}")
-    chosen = torch.rand(B, V, device=device).topk(num_joints, dim=1).indices
-    return torch.zeros(B, V, dtype=torch.bool, device=device).scatter_(1, chosen, True)
-
-
-def _jitter_joint_matrices(B, V, num_joints, mode, device):
-    """(B, V, 3, 3): the sample's jitter matrix at its |j| chosen joints, the identity elsewhere.
-    The same joints and matrix for both persons and all frames (Eq. 3.2; as the authors' code)."""
-    chosen = _jittered_joints(B, V, num_joints, device).view(B, V, 1, 1)
-    R = _jitter_matrices(B, mode, device).unsqueeze(1)
-    return torch.where(chosen, R, torch.eye(3, device=device))
+    picked = torch.rand(B, V, device=device).topk(num_joints, dim=1).indices
+    chosen = torch.zeros(B, V, dtype=torch.bool, device=device).scatter_(1, picked, True).view(B, V, 1, 1)
+    return torch.where(chosen, _jitter_matrices(B, mode, device).unsqueeze(1), torch.eye(3, device=device))
 
 
 def _apply_joint_matrices(x, A):
@@ -561,10 +556,6 @@ def contrast_pairs(reprs):
     return [(a, b) for a in reprs for b in reprs if a != b]
 
 
-def encoder_with_head(name, width, dim=128, frames=64, bigru="authors"):
-    return EncoderWithHead(build_encoder(name, width, frames, bigru), dim, representation=name)
-
-
 class SkeletonContrast(nn.Module):
     """MoCo with one query encoder f_q, key encoder f_k and negative queue N per representation.
 
@@ -580,7 +571,8 @@ class SkeletonContrast(nn.Module):
         self.reprs, self.negatives = list(reprs), negatives
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
         self.bn_splits = bn_splits
-        self.encoder_q = nn.ModuleDict({r: encoder_with_head(r, width, dim, frames, bigru) for r in self.reprs})
+        self.encoder_q = nn.ModuleDict({r: EncoderWithHead(build_encoder(r, width, frames, bigru), dim, r)
+                                        for r in self.reprs})
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -638,11 +630,12 @@ class SkeletonContrast(nn.Module):
 
 # ============ data ============
 
-def dataset_splits(root, say=print, flag="--data-root"):
-    """(train, val) SkeletonDatasets of a protocol folder; without one, the synthetic skeletons.
-    A missing or unreadable file stops the run with one line naming `flag` and the file."""
+def dataset_splits(root, say=print, flag="--data-root", **synthetic_world):
+    """(train, val) SkeletonDatasets of a protocol folder; without one, the synthetic skeletons
+    (synthetic_skeleton_dataset(**synthetic_world)). A missing or unreadable file stops the run with
+    one line naming `flag` and the file."""
     if root is None:
-        synthetic = synthetic_skeleton_dataset()
+        synthetic = synthetic_skeleton_dataset(**synthetic_world)
         return SkeletonDataset(**synthetic["train"]), SkeletonDataset(**synthetic["val"])
     try:
         splits = [SkeletonDataset(**protocol_paths(root, split)) for split in ("train", "val")]
@@ -653,19 +646,6 @@ def dataset_splits(root, say=print, flag="--data-root"):
             say(f"{root}: no {split}_num_frame.npy; valid frames are counted per sample (zero padding and "
                 f"2s-AGCN's padding by repetition are recognised, common.skeleton.count_valid_frames)")
     return tuple(splits)
-
-
-def transfer_splits(root, say=print):
-    """The target dataset of --eval transfer (Table 3.4: PKU-MMD II). Without --transfer-data-root,
-    synthetic skeletons with other classes and actors (all 10 actions, another seed)."""
-    if root is None:
-        synthetic = synthetic_skeleton_dataset(num_classes=10, per_class_train=16, per_class_val=8, seed=1)
-        return SkeletonDataset(**synthetic["train"]), SkeletonDataset(**synthetic["val"])
-    return dataset_splits(root, say, flag="--transfer-data-root")
-
-
-def num_classes(dataset):
-    return int(max(dataset.labels)) + 1
 
 
 def make_loader(dataset, args, d, train, drop_last=False):
@@ -874,18 +854,14 @@ def parse_args(argv=None):
 
 # ============ pretraining ============
 
-def train_step(model, optimizer, scaler, x, num_frames, args, d):
-    """Augment a batch into query/key views on the device (Eq. 3.4) and take one contrast step."""
-    with torch.no_grad():
-        x_q = spatio_temporal_augment(x, num_frames, args)
-        x_k = spatio_temporal_augment(x, num_frames, args)
+def train_step(model, optimizer, scaler, x, num_frames, args, d, epoch=0, it=0):
+    """Augment a batch into query/key views on the device (Eq. 3.4) and take one contrast step;
+    returns (the loss as a float, the terms), and stops on a non-finite loss."""
+    x_q = spatio_temporal_augment(x, num_frames, args)
+    x_k = spatio_temporal_augment(x, num_frames, args)
     with autocast(d.device, args.amp, cpu=True):
         loss, terms = model(x_q, x_k)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach(), terms
+    return optimizer_step(loss, optimizer, scaler, epoch, it), terms
 
 
 def benchmark(args, d, model, optimizer):
@@ -950,9 +926,7 @@ def pretrain(args, d):
             num_frames = num_frames.to(d.device, non_blocking=True)
             if args.save_examples and epoch == start_epoch and it == 0 and d.main:
                 save_examples(x, num_frames, args, os.path.join(args.out_dir, "examples.png"))
-            loss, terms = train_step(model, optimizer, scaler, x, num_frames, args, d)
-            loss = loss.item()
-            check_finite(loss, epoch, it)
+            loss, terms = train_step(model, optimizer, scaler, x, num_frames, args, d, epoch, it)
             sums["loss"] = sums.get("loss", 0.0) + loss
             for name, values in terms.items():
                 for key, value in zip(("loss", "top1", "batch_top1"), values):
@@ -1054,7 +1028,7 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
     Returns (top-1, epoch it was read at). The thesis does not say which epoch it reports; the default is
     the last one (no choice made on the test set). --select-on-test evaluates after every epoch and
     returns the best, as the authors' action_classification.py does (best_acc1)."""
-    model = Downstream(backbones, num_classes(train_set)).to(d.device)
+    model = Downstream(backbones, int(max(train_set.labels)) + 1).to(d.device)
     if frozen:
         for p in model.backbones.parameters():
             p.requires_grad = False
@@ -1120,8 +1094,10 @@ def run_eval(args, d):
     params = {r: count_parameters(b) for r, b in backbones.items()}
     d.print(f"--eval {args.eval}: downstream representations {'+'.join(reprs)} "
             f"({', '.join(f'{r} {n / 1e6:.2f}M' for r, n in params.items())} parameters, Table A.4)")
-    if args.eval == "transfer":
-        train_set, val_set = transfer_splits(args.transfer_data_root, d.print)
+    if args.eval == "transfer":  # the target dataset (Table 3.4: PKU-MMD II); without one, synthetic
+        # skeletons with other classes and actors (all 10 actions, another seed)
+        train_set, val_set = dataset_splits(args.transfer_data_root, d.print, "--transfer-data-root",
+                                            num_classes=10, per_class_train=16, per_class_val=8, seed=1)
     else:
         train_set, val_set = dataset_splits(args.data_root, d.print)
 
