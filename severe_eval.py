@@ -1740,11 +1740,8 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
     if args.protocol != "finetune" or args.task != "auto":
         raise SystemExit(f"{setup.name}: repetition counting is evaluated by finetuning only (App. C.4)")
     sched = schedule(args, setup)
-    epochs, batch_size = sched.epochs, d.local_batch(sched.batch_size)
+    batch_size = d.local_batch(sched.batch_size)
     model = d.wrap(CountingHead(backbone, feature_dim))
-    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
-    scaler = grad_scaler(d.device, args.amp)
     dataset = RepetitionSamples(train, args.clip_len, args.crop_size, args.short_side,
                                 counter=BadVideoCounter(args.max_bad_fraction))
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) \
@@ -1755,35 +1752,19 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
         raise SystemExit(f"{len(dataset)} training inputs are too few for a batch of {batch_size}")
     d.print(f"{setup.name}: {len(train)} training and {len(test)} test videos, {len(dataset)} inputs per epoch, {sched}")
 
-    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs)
-    start_epoch = ckpt["epoch"] + 1 if ckpt else 0
+    def inputs(batch):
+        clips, valid, cls_target, box_target, _ = batch
+        return (counting_input(clips, valid, d.device, train=True, norm=args.input_norm),
+                (cls_target.to(d.device), box_target.to(d.device)))
 
-    progress = Progress(d, epochs, len(loader), sched.batch_size, args.print_freq)
-    for epoch in range(start_epoch, epochs):
-        if d.distributed:
-            sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = 0.0
-        for it, (clips, valid, cls_target, box_target, _) in enumerate(loader):
-            x = counting_input(clips, valid, d.device, train=True, norm=args.input_norm)
-            cls_target, box_target = cls_target.to(d.device), box_target.to(d.device)
-            with autocast(d.device, args.amp):
-                logits, boxes = model(x)
-                loss = counting_loss(logits.float(), boxes.float(), cls_target, box_target)
-            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
-            loss_sum += loss
-            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
-        record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)), lr=optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args)
-        d.barrier()
-
+    train_epochs(args, d, out_dir, model, sched, loader, inputs,
+                 lambda out, targets: counting_loss(out[0].float(), out[1].float(), *targets))
     result = evaluate_counting(model, test, args, d)  # the last epoch (the original picked the best val epoch)
     if d.distributed:
         box = [result]
         torch.distributed.broadcast_object_list(box, src=0)
         result = box[0]
-    return finish(args, d, setup.name, out_dir, result, info, epochs, t_start)
+    return finish(args, d, setup.name, out_dir, result, info, sched.epochs, t_start)
 
 
 # ============ arguments ============
@@ -2086,50 +2067,60 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
 
     model = d.wrap(Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear",
                               dropout=args.dropout, probe_bn=args.probe_bn))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if sched.optimizer == "sgd":  # Charades only (SlowFast's recipe in SEVERE's config, App. C.4)
-        optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay, fused=True)
-    else:  # finetuning and the linear probe: Adam ("We train with the Adam optimizer", App. B.2.1)
-        optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
-    scaler = grad_scaler(d.device, args.amp)
     clip_targets = CharadesClipTargets(train) if multilabel and args.data_root is not None else None
     train_loader = make_loader(train, args, d, train=True, aot=aot, batch_size=batch_size,
                                stride=setup.clip_stride, clip_targets=clip_targets)
     if len(train_loader) == 0:
         raise SystemExit(f"{len(train)} training videos are too few for a batch of {batch_size}")
-
-    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs)
-    start_epoch, best = (ckpt["epoch"] + 1, ckpt.get("best")) if ckpt else (0, None)
-
-    progress = Progress(d, epochs, len(train_loader), sched.batch_size, args.print_freq)
-    for epoch in range(start_epoch, epochs):
-        if d.distributed:
-            train_loader.sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = 0.0
-        for it, (clips, targets, _) in enumerate(train_loader):
-            x = to_input(clips, d.device, train=args.colour_jitter, norm=args.input_norm, hue=args.hue)
-            targets = targets.to(d.device)
-            with autocast(d.device, args.amp):
-                logits = model(x)
-                loss = recognition_loss(logits.float(), targets, setup)
-            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
-            loss_sum += loss
-            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
-        record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(train_loader)),
-                      lr=optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        if args.select_on_test:
-            record["test"] = evaluate(model, test_loader, d, args, setup)["value"]
-            best = max(best or record["test"], record["test"])
-        save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args, best=best)
-        d.barrier()
-
+    best = train_epochs(
+        args, d, out_dir, model, sched, train_loader,
+        lambda batch: (to_input(batch[0], d.device, train=args.colour_jitter, norm=args.input_norm, hue=args.hue),
+                       batch[1].to(d.device)),
+        lambda logits, targets: recognition_loss(logits.float(), targets, setup),
+        select=(lambda: evaluate(model, test_loader, d, args, setup)["value"]) if args.select_on_test else None)
     result = evaluate(model, test_loader, d, args, setup)  # model selection: the last epoch
     if args.select_on_test:
         result.update(last_epoch_value=result["value"], value=max(best, result["value"]), selected_on_test=True)
     return finish(args, d, setup_name, out_dir, result, info, epochs, t_start)
+
+
+def train_epochs(args, d, out_dir, model, sched, loader, inputs, loss_of, select=None):
+    """Trains `model` for sched.epochs, resuming from OUT_DIR/checkpoint.pt (--resume auto): Adam on the
+    trainable parameters ("We train with the Adam optimizer", App. B.2.1), SGD where sched says so
+    (Charades: SlowFast's recipe in SEVERE's config, App. C.4), the lr of `lr_factor` per epoch.
+    inputs(batch) -> (x, targets) on the device; loss_of(model(x), targets) runs under autocast.
+    select() (--select-on-test) is evaluated after every epoch; returns the best value (else None)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if sched.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=0.9, weight_decay=sched.weight_decay, fused=True)
+    else:
+        optimizer = torch.optim.Adam(params, lr=sched.lr, weight_decay=sched.weight_decay, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(sched, epoch))
+    scaler = grad_scaler(d.device, args.amp)
+    ckpt = resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, sched.epochs)
+    start_epoch, best = (ckpt["epoch"] + 1, ckpt.get("best")) if ckpt else (0, None)
+
+    progress = Progress(d, sched.epochs, len(loader), sched.batch_size, args.print_freq)
+    for epoch in range(start_epoch, sched.epochs):
+        if d.distributed:
+            loader.sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = 0.0
+        for it, batch in enumerate(loader):
+            x, targets = inputs(batch)
+            with autocast(d.device, args.amp):
+                loss = loss_of(model(x), targets)
+            loss = optimizer_step(loss, optimizer, scaler, epoch, it)
+            loss_sum += loss
+            progress.step(epoch, it, loss, optimizer.param_groups[0]["lr"])
+        record = dict(epoch=epoch, loss=d.all_reduce_mean(loss_sum / len(loader)), lr=optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        if select is not None:
+            record["test"] = select()
+            best = max(best or record["test"], record["test"])
+        save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args, best=best)
+        d.barrier()
+    return best
 
 
 def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
