@@ -47,7 +47,7 @@ from common.engine import (Dist, Progress, add_common_args, append_jsonl, autoca
                            resume_training, save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, drop_missing, read_clip,
-                          read_or_replace, read_samples)
+                          read_or_replace, read_samples, uniform_starts)
 
 # ============ NTU RGB+D on disk: names, modalities, pairs (Sec 2.4.1, 2.4.2) ============
 #
@@ -224,8 +224,7 @@ def video_clip_starts(num_frames, clip_len, num_clips=0):
     """Starts of the clips covering a whole video: N = num_frames / clip_len non-overlapping clips
     (Sec 2.3.2.2; at least 1), or `num_clips` evenly spaced ones when > 0."""
     if num_clips > 0:
-        last = max(num_frames - clip_len, 0)
-        return [int(round(s)) for s in np.linspace(0, last, num_clips)] if num_clips > 1 else [last // 2]
+        return uniform_starts(num_frames, clip_len, 1, num_clips)
     return [k * clip_len for k in range(max(1, num_frames // clip_len))]
 
 
@@ -444,9 +443,7 @@ class Student(nn.Module):
                                   else nn.Linear(student_widths[l], teacher_widths[l]) for l in layers)
 
     def forward(self, x):
-        feats = resnet_blocks(self.encoder, x) if self.target == "depth" else [self.encoder(x)]
-        if self.target != "depth":
-            feats = [None, None, None, feats[0]]
+        feats = resnet_blocks(self.encoder, x) if self.target == "depth" else [None, None, None, self.encoder(x)]
         return [p(feats[l]) for p, l in zip(self.proj, self.layers)]
 
 
@@ -973,18 +970,13 @@ def run_transfer(args, d):
     what = "RGB video" if args.teacher_modality == "rgb" else "flow folder"
     if args.target == "depth":  # pairs (teacher modality, depth) of the training split, actions 1-60
         items, names = depth_items(args, "train")
-        depth = {k: path for k, (path, _) in zip(names, items)}
-        names = match_pairs(teacher_items, depth, what, "depth folder(s)")
-        pairs = [(k, depth[k], teacher_items[k]) for k in names]
-        dataset = PairClips(pairs, "depth", args.teacher_modality, args.clip_len, args.short_side,
-                            with_teacher_clip=args.granularity in ("clip2clip", "combined"),
-                            counter=BadVideoCounter(args.max_bad_fraction))
+        targets, what_target = {k: path for k, (path, _) in zip(names, items)}, "depth folder(s)"
     else:  # pairs (teacher modality, whole skeleton sequence) of the training split
         skeletons = skeleton_split(args, "train")
-        by_name = {ntu_key(n): r for r, n in enumerate(skeletons.sample_names)}
-        names = match_pairs(teacher_items, by_name, what, "skeleton sequence(s)")
-        pairs = [(k, by_name[k], teacher_items[k]) for k in names]
-        dataset = IndexedSkeletons(skeletons, [r for _, r, _ in pairs], args.skeleton_frames)
+        targets = {ntu_key(n): r for r, n in enumerate(skeletons.sample_names)}
+        what_target = "skeleton sequence(s)"
+    names = match_pairs(teacher_items, targets, what, what_target)
+    pairs = [(k, targets[k], teacher_items[k]) for k in names]
     d.print(f"transfer: {len(pairs)} unlabeled ({args.teacher_modality}, {args.target}) pairs, "
             f"granularity {args.granularity}, {args.loss} loss, layers {args.match_layers}")
 
@@ -999,10 +991,12 @@ def run_transfer(args, d):
             if len(read) == 0:
                 raise SystemExit("no teacher video of the transfer pairs could be read")
             pairs, video = [pairs[k] for k in read.tolist()], [f[read.to(f.device)] for f in video]
-            if args.target == "depth":
-                dataset.pairs = [dataset.pairs[k] for k in read.tolist()]
-            else:
-                dataset.rows = [dataset.rows[k] for k in read.tolist()]
+    if args.target == "depth":
+        dataset = PairClips(pairs, "depth", args.teacher_modality, args.clip_len, args.short_side,
+                            with_teacher_clip=args.granularity in ("clip2clip", "combined"),
+                            counter=BadVideoCounter(args.max_bad_fraction))
+    else:
+        dataset = IndexedSkeletons(skeletons, [r for _, r, _ in pairs], args.skeleton_frames)
     encoder, widths = new_student_encoder(args)
     model = d.wrap(Student(args.target, encoder, layers, RESNET_WIDTHS, widths))
     loader = make_loader(dataset, args, d, train=True)
@@ -1079,15 +1073,11 @@ def initial_student(args, num_classes):
         path = teacher_path(args)
         teacher = build_teacher(args, path)
         state = encoder_state_dict(teacher)
-        state["stem.0.weight"] = adapt_first_conv(state["stem.0.weight"])
+        # the first convolution summed over its input channels: a depth map fed to every channel of the
+        # teacher would give the same response
+        state["stem.0.weight"] = state["stem.0.weight"].sum(dim=1, keepdim=True)
         load_encoder(encoder, state, path, "--teacher-checkpoint", 1, what)
     return Classifier(encoder, widths[3], num_classes)
-
-
-def adapt_first_conv(weight):
-    """(64, C, t, h, w) -> (64, 1, t, h, w): the teacher's first convolution summed over its input
-    channels, so that a depth map fed to every channel would give the same response."""
-    return weight.sum(dim=1, keepdim=True)
 
 
 def run_finetune(args, d, seed):
