@@ -194,9 +194,6 @@ def read_ssv2_split(labels_json, split_json):
 
 # ---- FineGym v1.0: Gym99 and its within-set subsets (Sec 4.5, App. B.2.3) ----
 
-GYM99_SUBSETS = {"fx_s1": range(6, 17),    # Floor Exercise set 1: leaps, jumps and hops (11 classes)
-                 "ub_s1": range(74, 89)}   # Uneven Bars set 1: circles (15 classes)
-
 
 def read_gym99_split(list_path, label_range=None, num_classes=99):
     """Gym99 list '<name>.avi <label>': [(name, label)] in file order (20,484 train / 8,521 val); the
@@ -481,27 +478,26 @@ _FT_CHARADES = Schedule(0.0375, 57, (41, 49), 16, gamma=0.1, optimizer="sgd", we
 _FT_AOT = Schedule(1e-5, 10, (), 12)                          # App. B.2.4: no scheduler, no augmentation
 _FT_NTU = Schedule(1e-4, 180, (90, 140, 160), 64)             # SEVERE's ntu60 config: 18 epochs [9, 14, 16]
 _LIN_UCF = Schedule(0.01, 100, (40, 80), 128)                 # SEVERE's linear config: 10 epochs [4, 8, 10]
-_LIN_NTU = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2
+_LIN_B2 = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2: NTU-60, Gym99 (no SEVERE config)
 _LIN_K400 = Schedule(0.01, 40, (10, 20, 30), 64)              # SEVERE's kinetics linear config (1 clip/video)
-_LIN_GYM = Schedule(0.01, 120, (40, 80, 100), 64, gamma=0.1)  # Table B.2 (SEVERE has no config for these)
 _LIN_SSV2 = Schedule(0.01, 40, (20, 30), 64, gamma=0.1)
 _EK = Schedule(0.0025, 30, (20, 25), 32, gamma=0.1)           # Table B.2, finetuning and linear (no SEVERE config)
 LINEAR_CLIP_LEN = 16  # SEVERE's linear configs: clip_duration 1.0 at 16 fps
 
 SETUPS = {s.name: s for s in (
     Setup("ssv2", "SS-v2", "ssv2", "recognition", 174, "top1", *_SSV2_FILES, _FT_SSV2, _LIN_SSV2),
-    Setup("gym99", "Gym-99", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM),
+    Setup("gym99", "Gym-99", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_B2),
     # the Ch. 5 ablations' SSv2 (Tables 5.2-5.5, C.7): 25% of the training set spanning all classes
     Setup("ssv2_sub", "SSv2-Sub", "ssv2", "recognition", 174, "top1", *_SSV2_FILES, _FT_SSV2, _LIN_SSV2,
           subset_fraction=0.25),
     Setup("ucf_1000", "UCF (10^3)", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF,
           subset_size=1000),
-    Setup("gym99_1000", "Gym-99 (10^3)", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_GYM,
+    Setup("gym99_1000", "Gym-99 (10^3)", "gym99", "recognition", 99, "top1", *_GYM_FILES, _FT_STANDARD, _LIN_B2,
           subset_size=1000),
     Setup("fx_s1", "FX-S1", "gym99", "recognition", 11, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
-          label_range=(6, 17)),
+          label_range=(6, 17)),  # Floor Exercise set 1: leaps, jumps and hops
     Setup("ub_s1", "UB-S1", "gym99", "recognition", 15, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
-          label_range=(74, 89)),
+          label_range=(74, 89)),  # Uneven Bars set 1: circles
     # Table 4.2's other granularities: the events Vault and Floor within Gym99, the long-tailed Gym288
     Setup("gym_vault", "Vault", "gym99", "recognition", 6, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
           label_range=(0, 6)),
@@ -519,7 +515,7 @@ SETUPS = {s.name: s for s in (
     Setup("ucf101", "UCF101", "ucf101", "recognition", 101, "top1", *_UCF_FILES, _FT_STANDARD, _LIN_UCF),
     Setup("k400", "Kinetics-400", "kinetics", "recognition", 400, "top1", ("kinetics400/train.csv",),
           ("kinetics400/validate.csv",), None, _LIN_K400),  # Table 4.1's linear evaluation
-    Setup("ntu60", "NTU-60", "ntu60", "recognition", 60, "top1", (), (), _FT_NTU, _LIN_NTU,  # Table 4.1
+    Setup("ntu60", "NTU-60", "ntu60", "recognition", 60, "top1", (), (), _FT_NTU, _LIN_B2,  # Table 4.1
           clip_len=16),  # SEVERE's config: clip_duration 1.0 at 16 fps
     Setup("hmdb51", "HMDB51", "hmdb51", "recognition", 51, "top1", *_HMDB_FILES, _FT_STANDARD, None),
     Setup("ucf_aot", "UCF arrow of time", "ucf101", "aot", 2, "top1", *_UCF_FILES, _FT_AOT, None, clip_len=8,
@@ -700,10 +696,6 @@ def torchvision_architecture(state):
     return "r2plus1d_18_small" if state["stem.3.weight"].shape[0] == 16 else "r2plus1d_18"
 
 
-def _is_state_dict(obj):
-    return isinstance(obj, dict) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
-
-
 def guess_format(raw):
     """The format name of a loaded checkpoint, from where its backbone keys live.
 
@@ -723,7 +715,7 @@ def guess_format(raw):
             for prefix, name in prefixes:
                 if any(k.startswith(prefix) for k in keys):
                     return name
-    if _is_state_dict(raw):
+    if raw and all(torch.is_tensor(v) for v in raw.values()):  # a bare state dict
         keys = list(raw)
         if any(k.startswith("module.base_network.") for k in keys):
             return "pretext_contrast"
@@ -785,11 +777,8 @@ def read_checkpoint(path):
 
 
 def file_sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_pretrained(path, fmt, encoder):
@@ -1198,6 +1187,14 @@ def cluster_purity(assignments, labels):
 # ============ evaluation ============
 
 @torch.no_grad()
+def clip_outputs(net, clips, d, args):
+    """net on the test views (B, n, T, 3, S, S) of a batch, in chunks of --batch-size: float (B, n, outputs)."""
+    b, n = clips.shape[:2]
+    out = torch.cat([net(to_input(chunk, d.device, train=False, norm=args.input_norm))
+                     for chunk in clips.flatten(0, 1).split(d.local_batch(args.batch_size))])
+    return out.float().view(b, n, -1)
+
+
 def predict(model, loader, d, args, setup):
     """Video-level scores of the test set, gathered over processes and ordered by video index.
 
@@ -1206,11 +1203,8 @@ def predict(model, loader, d, args, setup):
     model.eval()
     out_scores, out_targets, out_index = [], [], []
     for clips, targets, index in loader:
-        b, n = clips.shape[:2]
         with autocast(d.device, args.amp):
-            logits = torch.cat([model(to_input(chunk, d.device, train=False, norm=args.input_norm))
-                                for chunk in clips.flatten(0, 1).split(d.local_batch(args.batch_size))])
-        logits = logits.float().view(b, n, -1)
+            logits = clip_outputs(model, clips, d, args)
         if setup.task == "multilabel":
             scores = logits.sigmoid().amax(1)
         elif setup.metric == "action_top1":  # EK-100 actions: the verb and the noun outputs each a softmax
@@ -1277,9 +1271,7 @@ def features(backbone, loader, d, args):
     backbone.eval()
     feats, labels = [], []
     for clips, targets, _ in loader:
-        b, n = clips.shape[:2]
-        f = torch.cat([backbone(to_input(c, d.device, train=False, norm=args.input_norm)) for c in clips.flatten(0, 1).split(d.local_batch(args.batch_size))])
-        feats.append(f.float().view(b, n, -1).mean(1).cpu()), labels.append(targets)
+        feats.append(clip_outputs(backbone, clips, d, args).mean(1).cpu()), labels.append(targets)
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -1466,14 +1458,6 @@ def context_indices(t, left, right, clip_len=32):
     return torch.cat([before, after], 1).round()
 
 
-def gather_context(frames, positions):
-    """frames uint8 (L, 3, S, S), positions (P, T) -> (clips uint8 (P, T, 3, S, S), valid (P, T) bool).
-    Positions outside the video are padding: a frame there is zeroed after normalisation (the mean)."""
-    valid = (positions >= 0) & (positions < len(frames))
-    idx = positions.clamp(0, len(frames) - 1).long()
-    return frames[idx], valid
-
-
 def anchor_targets(true_cycle, hypothesis, anchors=COUNTING_ANCHORS, iou=COUNTING_IOU):
     """Per anchor a: match (1 / 0, or -1 = ignore) and regression target log(true / (a * hypothesis)).
 
@@ -1563,7 +1547,7 @@ class RepetitionSamples(torch.utils.data.Dataset):
         return len(self.videos) * self.samples_per_video
 
     def hypothesis(self, i, t):
-        """(t, h, pre, next) for video i at span offset t: a training hypothesis and the true cycles."""
+        """(h, pre, next) for video i at span offset t: a training hypothesis and the true cycles."""
         pre, nxt = self.labels[i]
         bounds = self.videos[i][1]
         span = bounds[-1] - bounds[0]
@@ -1617,9 +1601,11 @@ def predict_cycles(model, frames, t, left, right, device, norm, clip_len, batch_
     positions = context_indices(t, left, right, clip_len)
     scores, ratios = [], []
     for s in range(0, len(positions), batch_size):
-        clips, valid = gather_context(frames, positions[s:s + batch_size])
+        pos = positions[s:s + batch_size]  # (P, T); outside the video: padding, zeroed after normalisation
+        clips = frames[pos.clamp(0, len(frames) - 1).long()]
         with autocast(device, amp):
-            logits, boxes = model(counting_input(clips, valid, device, train=False, norm=norm))
+            logits, boxes = model(counting_input(clips, (pos >= 0) & (pos < len(frames)), device, train=False,
+                                                 norm=norm))
         boxes = boxes.float().nan_to_num(0.0).clamp(-COUNTING_BOX_CLAMP, COUNTING_BOX_CLAMP)
         scores.append(logits.float().sigmoid().nan_to_num(0.0).cpu())
         ratios.append((torch.tensor(COUNTING_ANCHORS, device=boxes.device) * boxes.exp()).cpu())
