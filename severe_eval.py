@@ -1195,6 +1195,7 @@ def clip_outputs(net, clips, d, args):
     return out.float().view(b, n, -1)
 
 
+@torch.no_grad()
 def predict(model, loader, d, args, setup):
     """Video-level scores of the test set, gathered over processes and ordered by video index.
 

@@ -1028,7 +1028,7 @@ def train_classifier(backbones, train_set, val_set, args, d, frozen):
     Returns (top-1, epoch it was read at). The thesis does not say which epoch it reports; the default is
     the last one (no choice made on the test set). --select-on-test evaluates after every epoch and
     returns the best, as the authors' action_classification.py does (best_acc1)."""
-    model = Downstream(backbones, int(max(train_set.labels)) + 1).to(d.device)
+    model = Downstream(backbones, int(max(train_set.labels)) + 1)
     if frozen:
         for p in model.backbones.parameters():
             p.requires_grad = False

@@ -549,7 +549,7 @@ def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=
         print(f"{split}: {empty} of {len(names)} actions have no skeleton in their interval, dropped",
               file=sys.stderr)
     data.flush()
-    if len(kept) < len(names):  # unreadable files: the array keeps only the rows written
+    if len(kept) < len(names):  # samples left out: the array keeps only the rows written
         compact = np.lib.format.open_memmap(path + ".tmp", mode="w+", dtype=np.float32,
                                             shape=(len(kept),) + shape[1:])
         for start in range(0, len(kept), 1000):

@@ -596,7 +596,6 @@ def write_png16(path, array):
     torchvision's encode_png takes uint8 only; NTU's depth maps are 16-bit PNGs in millimetres.
     PNG stores samples big-endian, one filter-type byte (0 = none) before every row.
     """
-
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"expected a (H, W) array, got shape {array.shape}")
@@ -828,7 +827,6 @@ def write_avi(path, frames, fps=NTU_FPS, bit_rate=2_000_000):
 def _write_paired_video(tmp, name, views, with_depth, bound=FLOW_BOUND):
     """Writes one camera's RGB avi, flow JPEGs and (target classes) masked-depth PNGs in the
     NTU RGB+D / denseflow layout under `tmp`."""
-
     import torch
     from torchvision.io import encode_jpeg
 
