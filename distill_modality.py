@@ -598,10 +598,7 @@ def data_folders(args, d):
     given = [args.data_root, args.rgb_dir, args.depth_dir, args.flow_dir, args.skeleton_dir]
     if all(g is None for g in given):
         from common.synthetic import synthetic_paired_dataset
-        if d.main:  # rank 0 writes it once (cached); the others wait
-            synthetic_paired_dataset()
-        d.barrier()
-        syn = synthetic_paired_dataset()
+        syn = d.main_first(synthetic_paired_dataset)
         args.rgb_dir, args.depth_dir = syn["rgb_dir"], syn["depth_dir"]
         args.flow_dir, args.skeleton_dir = syn["flow_dir"], syn["skeleton_dir"]
         return

@@ -1686,10 +1686,7 @@ def counting_data(args, d, num_synthetic=16, num_synthetic_test=4):
         return tuple([(os.path.join(args.data_root, p), b)
                       for p, b in setup_samples("ucf_rc", split, ann_root, video_root=args.data_root)]
                      for split in ("train", "test"))
-    if d.main:
-        synthetic_repetition_videos(num_videos=num_synthetic)
-    d.barrier()
-    videos = synthetic_repetition_videos(num_videos=num_synthetic)
+    videos = d.main_first(synthetic_repetition_videos, num_videos=num_synthetic)
     return videos[:-num_synthetic_test], videos[-num_synthetic_test:]
 
 
@@ -1932,10 +1929,8 @@ def multi_hot(classes, num_classes):
 def setup_data(args, d, setup):
     """(train samples, test samples, targets per sample index, num_outputs) with paths under --data-root."""
     if args.data_root is None:
-        if d.main:
-            synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
-        d.barrier()
-        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
+        synthetic = d.main_first(synthetic_video_dataset, videos_per_class=args.synthetic_videos,
+                                 background=args.synthetic_background)
         root, num_classes = synthetic["root"], len(synthetic["classes"])
         train = read_video_list(synthetic["train_list"], root)
         test = read_video_list(synthetic["val_list"], root)
@@ -2104,7 +2099,7 @@ def train_epochs(args, d, out_dir, model, sched, loader, inputs, loss_of, select
         scheduler.step()
         if select is not None:
             record["test"] = select()
-            best = max(best or record["test"], record["test"])
+            best = record["test"] if best is None else max(best, record["test"])
         save_epoch(d, out_dir, record, model, optimizer, scheduler, scaler, epoch, args, best=best)
         d.barrier()
     return best

@@ -566,10 +566,8 @@ def square_crop(clip):
 def pretraining_videos(args, d):
     """The video list (Kinetics-400 CSV or 'path label' list), optionally a random fraction of it."""
     if args.data_root is None:
-        if d.main:  # rank 0 writes the synthetic dataset once (cached); the others wait for it
-            synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
-        d.barrier()
-        synthetic = synthetic_video_dataset(videos_per_class=args.synthetic_videos, background=args.synthetic_background)
+        synthetic = d.main_first(synthetic_video_dataset, videos_per_class=args.synthetic_videos,
+                                 background=args.synthetic_background)
         samples = read_samples(synthetic["train_list"], synthetic["root"])
     else:
         try:

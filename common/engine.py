@@ -195,6 +195,14 @@ class Dist:
         if self.distributed:
             dist.barrier()
 
+    def main_first(self, make, **kwargs):
+        """make(**kwargs) on rank 0 first, then on the other processes once it returned: for the cached
+        synthetic datasets, which rank 0 writes and the others then read."""
+        if self.main:
+            make(**kwargs)
+        self.barrier()
+        return make(**kwargs)
+
     def all_reduce_mean(self, value):
         """Mean of a float over processes (for logging)."""
         if not self.distributed:
