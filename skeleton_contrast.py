@@ -115,24 +115,21 @@ def add_augmentation_args(parser):
 def _resize_crops(x, start, crop, length):
     """Linear resize of the crops x[b, :, start_b : start_b + crop_b] to `length` frames.
 
-    x: (B, C, T, V, M) contiguous (reshape would copy it otherwise); start, crop: (B,) long with
-    0 <= start, 1 <= crop, start + crop <= T. Returns (B, C, length, V, M). The sampling positions are
-    those of F.interpolate(mode="linear", align_corners=False), the resize of the authors' code: frame i
-    reads the crop at (i + 0.5) * crop / length - 0.5, clamped to [0, crop - 1]. Only the 2 * length
-    frames that are needed are gathered, so padding never leaks in and whole sequences are never copied.
+    x: (B, C, T, V, M); start, crop: (B,) long with 0 <= start, 1 <= crop, start + crop <= T. Returns
+    (B, C, length, V, M). The sampling positions are those of F.interpolate(mode="linear",
+    align_corners=False), the resize of the authors' code: frame i reads the crop at
+    (i + 0.5) * crop / length - 0.5, clamped to [0, crop - 1]. Only the frames that are needed are
+    gathered, so padding never leaks in.
     """
     B, C, T, V, M = x.shape
     i = torch.arange(length, device=x.device, dtype=torch.float32)
     pos = ((i + 0.5) * (crop.unsqueeze(1).float() / length) - 0.5).clamp(min=0)  # (B, L), within the crop
     lo = pos.floor().long().clamp(max=crop.unsqueeze(1) - 1)
     hi = (lo + 1).clamp(max=crop.unsqueeze(1) - 1)
-    w = (pos - lo).clamp(max=1).to(x.dtype)  # 0 where lo == hi at the last frame
-    frames = start.unsqueeze(1) + torch.cat([lo, hi], dim=1)  # (B, 2L) absolute frame indices
-    # rows of the (B * C * T, V * M) view: one index_select yields (B, C, 2L, V * M) already in place
-    base = (torch.arange(B, device=x.device).unsqueeze(1) * C + torch.arange(C, device=x.device)) * T  # (B, C)
-    rows = (base.unsqueeze(2) + frames.unsqueeze(1)).reshape(-1)
-    picked = x.reshape(B * C * T, V * M).index_select(0, rows).view(B, C, 2 * length, V, M)
-    return torch.lerp(picked[:, :, :length], picked[:, :, length:], w.view(B, 1, length, 1, 1))
+    w = (pos - lo).clamp(max=1).to(x.dtype).view(B, 1, length, 1, 1)  # 0 where lo == hi at the last frame
+    frames = (start.unsqueeze(1) + torch.cat([lo, hi], dim=1)).view(B, 1, 2 * length, 1, 1)
+    picked = x.gather(2, frames.expand(B, C, 2 * length, V, M))  # the frames lo, then the frames hi
+    return torch.lerp(picked[:, :, :length], picked[:, :, length:], w)
 
 
 def _valid(num_frames, x):
