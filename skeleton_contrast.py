@@ -47,8 +47,8 @@ from common.backbones import AGCN, NTU_EDGES
 from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, float_in, int_at_least,
                            load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
                            save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
-from common.moco import (batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries, enqueue,
-                         global_keys, momentum_update)
+from common.moco import (batch_logits, batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries,
+                         enqueue, global_keys, momentum_update)
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
 from common.synthetic import synthetic_skeleton_dataset
 
@@ -617,7 +617,7 @@ class SkeletonContrast(nn.Module):
             keys[r], labels = global_keys(k)  # N: the keys of every process; the positive at `labels`
         loss, terms = 0.0, {}
         for a, b in contrast_pairs(self.reprs):
-            logits = q[a] @ keys[b].T / self.temperature
+            logits = batch_logits(q[a], keys[b], self.temperature)
             term = F.cross_entropy(logits, labels)
             loss = loss + term
             top1 = (logits.argmax(dim=1) == labels).float().mean()

@@ -37,7 +37,7 @@ from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, vi
 from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
                            parse_with_presets, resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch,
                            seconds_per_call, seed_everything, sync, unwrap)
-from common.moco import MoCo, batch_top1, check_queue_size, global_keys
+from common.moco import MoCo, batch_logits, batch_top1, check_queue_size, global_keys
 from common.synthetic import BACKGROUNDS, synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
 
@@ -614,7 +614,7 @@ class InBatchContrast(nn.Module):
     def forward(self, x_q, x_k):
         q, k = F.normalize(self.encoder_q(torch.cat([x_q, x_k])).float(), dim=1).chunk(2)
         keys, labels = global_keys(k)  # N: the keys of every process; the positive at `labels`
-        return q @ keys.T / self.temperature, labels, batch_top1(q.detach(), k.detach())
+        return batch_logits(q, keys, self.temperature), labels, batch_top1(q.detach(), k.detach())
 
 
 # ============ arguments ============

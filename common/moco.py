@@ -118,6 +118,12 @@ def contrast_logits(q, k, queue, temperature):
         return torch.cat([l_pos, l_neg], dim=1) / temperature
 
 
+def batch_logits(q, keys, temperature):
+    """In-batch InfoNCE logits (B, N) = q . keys^T / tau (`--negatives batch`), fp32 as contrast_logits."""
+    with torch.autocast(q.device.type, enabled=False):
+        return q.float() @ keys.float().T / temperature
+
+
 def single_process():
     return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
 

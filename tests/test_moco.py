@@ -108,3 +108,30 @@ def test_moco_reports_the_in_batch_top1():
     moco = tiny_moco()
     x = torch.randn(3, 6)
     assert float(moco(x, x)[2]) == 1.0  # identical views, key encoder still a copy: own key first
+
+
+def test_in_batch_logits_are_fp32_under_autocast_in_both_scripts(monkeypatch):
+    """--negatives batch: tubelet's InBatchContrast and skeleton's in_batch give fp32 logits under autocast,
+    equal to the exact similarities (the autocast matmul would give bf16)."""
+    import skeleton_contrast as sc
+    import tubelet_contrast as tc
+    from common.moco import batch_logits
+    torch.manual_seed(0)
+    q, keys = nn.functional.normalize(torch.randn(4, 16), dim=1), nn.functional.normalize(torch.randn(6, 16), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = batch_logits(q, keys, 0.07)
+        bf16 = q @ keys.T / 0.07
+    assert logits.dtype == torch.float32 and torch.allclose(logits, q @ keys.T / 0.07, atol=1e-5)
+    assert bf16.dtype == torch.bfloat16
+    x = torch.randn(4, 3, 2, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, labels, _ = tc.InBatchContrast(nn.Sequential(nn.Flatten(), nn.Linear(96, 8)), 0.2)(x, x + 0.1)
+    assert logits.dtype == torch.float32 and logits.shape == (4, 4) and labels.tolist() == [0, 1, 2, 3]
+    model = sc.SkeletonContrast(["seq", "img"], width=0.125, dim=8, queue_size=8, frames=32, negatives="batch")
+    s, seen = torch.randn(4, 3, 32, 25, 2), []
+    cross_entropy = nn.functional.cross_entropy
+    monkeypatch.setattr(sc.F, "cross_entropy", lambda logits, *a, **k: seen.append(logits.dtype) or
+                        cross_entropy(logits, *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(s, s + 0.01)
+    assert seen == [torch.float32, torch.float32]  # the logits of seq->img and img->seq
