@@ -588,7 +588,7 @@ class SkeletonContrast(nn.Module):
         """
         if self.negatives == "batch":
             return self.in_batch(x_q, x_k)
-        splits = self.bn_splits if self.shuffle_bn else 1  # HCN and AGCN have BatchNorm (shuffle-BN)
+        splits = self.bn_splits if self.shuffle_bn else 1  # AGCN has BatchNorm (shuffle-BN)
         q = {r: F.normalize(encode_queries(self.encoder_q[r], x_q, splits).float(), dim=1) for r in self.reprs}
         with torch.no_grad():
             momentum_update(self.encoder_q, self.encoder_k, self.momentum)

@@ -54,7 +54,7 @@ def add_common_args(parser, video=True, lists=True, **help):
     parsing (so --help shows it), sets defaults that depend on other flags with the presets of
     `parse_with_presets`, and words a flag's help its own way with help={dest: text} keywords.
     video=False leaves out the list-file and clip flags (skeleton data); lists=False only the list-file
-    flags (severe_eval.py reads each setup's official annotation files instead)."""
+    flags (for a script that reads each setup's official annotation files instead)."""
     g = parser.add_argument_group("data and run")
 
     def add(flag, **kwargs):
@@ -254,8 +254,8 @@ def reuse_freed_cpu_memory():
 
 def autocast(device, enabled, cpu=False):
     """bf16 autocast on CUDA when supported (else fp16); on a CPU bf16 autocast only with cpu=True (for
-    GEMM-bound models such as skeleton_contrast.py's BiGRU: 4.2 s instead of 10 s per step at batch 64 on a
-    2-core AVX512-BF16 CPU; 3D convolutions gain nothing), else a no-op; a no-op when disabled."""
+    GEMM-bound models such as a BiGRU: 4.2 s instead of 10 s per step at batch 64 on a 2-core AVX512-BF16
+    CPU; 3D convolutions gain nothing), else a no-op; a no-op when disabled."""
     if enabled and cpu and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     if not enabled or device.type != "cuda":
