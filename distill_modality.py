@@ -643,7 +643,7 @@ def check_inputs(args, stages):
         folder(args.depth_dir if depth else args.skeleton_dir, "--depth-dir" if depth else "--skeleton-dir",
                f"for the {args.target} student")
         if depth:
-            check_first_depth_png(args.depth_dir)
+            check_depth_pngs(args.depth_dir)
 
 
 def teacher_folder(args, source=False):
@@ -692,17 +692,21 @@ def source_items(args, split):
     return samples, num_classes
 
 
-def check_first_depth_png(depth_dir):
-    """The first frame of the first masked-depth folder, read before training: an 8-bit PNG is refused
-    here with one line, not inside a DataLoader worker mid-transfer."""
+def check_depth_pngs(depth_dir):
+    """The first frame of every masked-depth folder, checked before training by its PNG header (bit depth,
+    byte 24): an 8-bit export is refused here with one line, not met inside a DataLoader worker
+    mid-transfer, where it would count as an unreadable video and be replaced."""
     for entry in sorted(os.scandir(depth_dir), key=lambda e: e.name):
         files = depth_files(entry.path) if entry.is_dir() else ()
         if files:
+            with open(files[0], "rb") as f:
+                header = f.read(25)
+            if header[:8] == b"\x89PNG\r\n\x1a\n" and header[24:25] == b"\x10":
+                continue
             try:
-                read_depth_frames(files, [0])
+                read_depth_frames(files, [0])  # not a 16-bit PNG: the reader's own message
             except (ValueError, RuntimeError) as err:
                 raise SystemExit(f"--depth-dir {depth_dir}: {err}") from None
-            return
 
 
 def depth_items(args, split):

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -79,6 +80,11 @@ def test_an_8_bit_depth_png_is_refused_before_training_with_the_flag_and_file(tm
                               f"millimetres (NTU's nturgb+d_depth_masked)")
     write_png16(str(png), np.full((4, 4), 3000, np.uint16))
     dm.check_inputs(args, ["finetune", "eval"])  # a 16-bit one passes
+    (depth / "S001C002P001R001A002").mkdir()  # an 8-bit export in any folder, not only the first
+    later = depth / "S001C002P001R001A002" / "MDepth-00000001.png"
+    later.write_bytes(encode_png(torch.full((1, 4, 4), 7, dtype=torch.uint8)).numpy().tobytes())
+    with pytest.raises(SystemExit, match=re.escape(f"{later}: an 8-bit PNG")):
+        dm.check_inputs(args, ["finetune", "eval"])
 
 
 def test_flow_frames_in_both_layouts(tmp_path):
