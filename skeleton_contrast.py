@@ -1150,7 +1150,7 @@ def prepare(args):
                              args.protocol, dataset=args.prepare, max_bad_fraction=args.max_bad_fraction)
     else:
         counts = prepare_pku_mmd(args.raw_dir[0], args.pku_labels, args.pku_split, args.data_root,
-                                 phase=int(args.prepare[-1]))
+                                 phase=int(args.prepare[-1]), max_bad_fraction=args.max_bad_fraction)
     print(f"wrote {args.data_root}: " + ", ".join(f"{k} {v} samples" for k, v in counts.items()), flush=True)
 
 

@@ -731,9 +731,13 @@ def pku_to_array(frames, start, end, max_frames=MAX_FRAMES):
 
 
 def _pku_video(job):
-    """[(array, valid frames)] for the listed actions of one video; runs in pool workers."""
+    """[(array, valid frames)] for the listed actions of one video, or [(None, the error)] for each when
+    the file cannot be read; runs in pool workers."""
     path, intervals, max_frames, normalize = job
-    frames = read_pku_skeleton(path)
+    try:
+        frames = read_pku_skeleton(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        return [(None, err)] * len(intervals)
     results = []
     for start, end in intervals:
         array, length = pku_to_array(frames, start, end, max_frames)
@@ -741,8 +745,16 @@ def _pku_video(job):
     return results
 
 
+def _pku_samples(jobs, videos, unreadable):
+    """The samples of every video in order (streamed to _write_split); appends unreadable files' paths."""
+    for job, samples in zip(jobs, videos):
+        if samples and samples[0][0] is None:
+            unreadable.append(job[0])
+        yield from samples
+
+
 def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, workers=None,
-                    normalize=True, max_frames=MAX_FRAMES):
+                    normalize=True, max_frames=MAX_FRAMES, max_bad_fraction=0.05):
     """Cuts PKU-MMD's long videos into one sample per labelled action, in the shared format.
 
     skeleton_dir / label_dir hold '<video>.txt' files of the same names (phase 1: '0002-L.txt';
@@ -755,8 +767,9 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
     order of the videos, then label-file order.
     Videos of the split file without a skeleton or label file are skipped with one summary line
     (stop: FileNotFoundError when a split has none); actions with no non-zero frame in their
-    interval are dropped (as the community converters do) and counted.
-    Returns {split: number of samples}.
+    interval are dropped (as the community converters do) and counted. A skeleton file that cannot
+    be read is reported (its actions are left out); more than max_bad_fraction of the videos stop
+    the run (RuntimeError). Returns {split: number of samples}.
     """
     if phase not in (1, 2):
         raise ValueError(f"PKU-MMD phase must be 1 or 2, got {phase!r}")
@@ -766,7 +779,7 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
             raise FileNotFoundError(f"PKU-MMD phase {phase} {what} not found: {path}")
     split_videos = dict(zip(SPLITS, read_pku_split(split_file)))
     os.makedirs(out_dir, exist_ok=True)
-    counts = {}
+    counts, listed, unreadable = {}, 0, []
     with _parallel_map(workers) as imap:
         for split, videos in split_videos.items():
             jobs, names, labels, absent = [], [], [], []
@@ -788,7 +801,11 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
             if not jobs:
                 raise FileNotFoundError(f"none of the {split} videos of {split_file} found in "
                                         f"{skeleton_dir} and {label_dir}")
-            results = (sample for video in imap(_pku_video, jobs) for sample in video)
+            listed += len(jobs)
+            results = _pku_samples(jobs, imap(_pku_video, jobs), unreadable)
             counts[split] = _write_split(out_dir, split, names, labels, results, max_frames, drop_empty=True)
+    if len(unreadable) > max_bad_fraction * listed:
+        raise RuntimeError(f"{len(unreadable)} of {listed} PKU-MMD skeleton files could not be read (more than "
+                           f"{max_bad_fraction:.0%}; first: {unreadable[0]})")
     return counts
 

@@ -447,3 +447,28 @@ def test_pku_readers_name_file_and_line(tmp_path):
     split.write_text("Training videos:\n0002-L\n")
     with pytest.raises(ValueError, match="split.txt"):
         sk.read_pku_split(split)
+
+
+def test_prepare_pku_mmd_reports_and_skips_an_unreadable_skeleton_file(tmp_path, capsys):
+    """A malformed PKU-MMD skeleton file is reported and its actions left out; above --max-bad-fraction the
+    preparation stops with the count and the first file."""
+    rng = np.random.default_rng(7)
+    for folder in ("skeleton", "label"):
+        (tmp_path / folder).mkdir()
+    for video in ("0001-L", "0002-L", "0003-L"):
+        frames = np.zeros((60, 2, 25, 3), np.float32)
+        frames[:, 0] = rng.normal(size=(60, 25, 3))
+        write_pku(tmp_path, video, frames, [(1, 0, 30, 1), (2, 30, 59, 1)])
+    bad = tmp_path / "skeleton" / "0002-L.txt"
+    bad.write_text("1.0 2.0 not-a-number\n")
+    split = tmp_path / "cross-subject.txt"
+    split.write_text("Training videos: \n0001-L, 0002-L,\nValidataion videos: \n0003-L\n")
+    counts = sk.prepare_pku_mmd(str(tmp_path / "skeleton"), str(tmp_path / "label"), str(split),
+                                str(tmp_path / "out"), workers=0, max_bad_fraction=0.5)
+    assert counts == {"train": 2, "val": 2}
+    assert "0002-L" in capsys.readouterr().err
+    train = sk.SkeletonDataset(**sk.protocol_paths(str(tmp_path / "out"), "train"))
+    assert train.sample_names == ["0001-L_0", "0001-L_1"]
+    with pytest.raises(RuntimeError, match=r"1 of 3 PKU-MMD skeleton files could not be read .*0002-L\.txt"):
+        sk.prepare_pku_mmd(str(tmp_path / "skeleton"), str(tmp_path / "label"), str(split),
+                           str(tmp_path / "out2"), workers=0)
