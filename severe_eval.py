@@ -1268,12 +1268,14 @@ def _metric(scores, targets, setup, multilabel):
 
 @torch.no_grad()
 def features(backbone, loader, d, args):
-    """Frozen backbone features (N, D), averaged over the clips of a video, and labels."""
+    """Frozen backbone features (N, D), averaged over the clips of a video, and labels, one per readable
+    video: the reader stands in another video for an unreadable one, and that copy is left out here."""
     backbone.eval()
-    feats, labels = [], []
-    for clips, targets, _ in loader:
-        feats.append(clip_outputs(backbone, clips, d, args).mean(1).cpu()), labels.append(targets)
-    return torch.cat(feats), torch.cat(labels)
+    feats, labels, index = [], [], []
+    for clips, targets, idx in loader:
+        feats.append(clip_outputs(backbone, clips, d, args).mean(1).cpu()), labels.append(targets), index.append(idx)
+    keep = torch.as_tensor(sorted({int(i): k for k, i in enumerate(torch.cat(index).tolist())}.values()))
+    return torch.cat(feats)[keep], torch.cat(labels)[keep]
 
 
 # ============ summary table (Table 4.4, Table 5.8) ============
@@ -2037,14 +2039,19 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
         train_loader = make_loader(train, args, d, train=False, clips_per_video=args.num_test_clips,
                                    batch_size=max(1, batch_size // args.num_test_clips))
         test_f, test_y = features(backbone, test_loader, d, args)
+        listed = len(test_loader.dataset)
+        if len(test_f) < listed:
+            d.print(f"warning: {listed - len(test_f)} of {listed} test videos could not be read and are not scored")
+        counts = dict(test_videos=len(test_f), test_videos_listed=listed, unreadable_test_videos=listed - len(test_f))
         if args.task == "retrieval":
             train_f, train_y = features(backbone, train_loader, d, args)
             recall = retrieval_recall_at_k(test_f, test_y, train_f, train_y)
-            result = dict(metric_name="recall@1", value=100 * recall[1], recall={k: 100 * v for k, v in recall.items()})
+            result = dict(metric_name="recall@1", value=100 * recall[1], recall={k: 100 * v for k, v in recall.items()},
+                          **counts)
         else:
             assign, _ = kmeans(test_f, num_outputs, iters=100, seed=args.seed)
             result = dict(metric_name="purity", value=100 * cluster_purity(assign, test_y),
-                          silhouette=silhouette_score(test_f, assign))
+                          silhouette=silhouette_score(test_f, assign), **counts)
         return finish(args, d, setup_name, out_dir, result, info, epochs=0, t_start=t_start)
 
     model = d.wrap(Classifier(backbone, feature_dim, num_outputs, linear=args.protocol == "linear",

@@ -427,3 +427,18 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         proc = run_main(module, argv, check=False)
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, (argv, proc.stderr[-2000:])
         assert re.search(message, proc.stderr.strip().splitlines()[-1]), (argv, proc.stderr[-500:])
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ANNOTATIONS, "ucf101")), reason="needs ../shared annotations")
+def test_severe_retrieval_leaves_an_unreadable_test_video_out_and_counts_it(tmp_path):
+    """--task retrieval on the UCF101 miniature: the truncated test video is not scored (the reader's stand-in
+    copy of another video does not count twice) and the result file counts it."""
+    root, ann = tmp_path / "ucf101", tmp_path / "annotations"
+    _, truncated = _ucf101_miniature(root, ann)
+    out = tmp_path / "run"
+    proc = run("severe_eval.py", ["--setup", "ucf101", "--task", "retrieval", "--init", "scratch", "--data-root",
+                                  str(root), "--ann-root", str(ann), "--out-dir", str(out), "--clip-len", "4",
+                                  "--crop-size", "32", "--num-test-clips", "2", "--workers", "0", "--device", "cpu"])
+    assert f"skipping unreadable video {truncated}" in proc.stderr
+    r = json.load(open(out / "results_ucf101_retrieval.json"))
+    assert r["test_videos_listed"] == 22 and r["unreadable_test_videos"] == 1 and r["test_videos"] == 21
