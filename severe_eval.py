@@ -1779,14 +1779,18 @@ def setup_presets():
 
 
 def method_presets():
-    """SEVERE's per-method configs for finetuning (configs/benchmark/<setup>/*_avid.yaml, *_scratch.yaml), in
-    one-clip-per-video epochs; they follow the setup presets, so they win over them."""
+    """SEVERE's per-method configs for finetuning (configs/benchmark/<setup>/*_avid.yaml, *_tubelet.yaml,
+    *_scratch.yaml), in one-clip-per-video epochs; they follow the setup presets, so they win over them.
+    --format ours is this repository's backbone.pt, i.e. tubelet contrast (Chapter 5)."""
     recognition = tuple(n for n, s in SETUPS.items() if s.task == "recognition")
     finetune = lambda a, names: a.protocol == "finetune" and a.setup in names
     scratch = lambda a: a.init == "scratch" or not a.checkpoint
     return [
         ("--format avid_cma (SEVERE's *_avid.yaml)", lambda a: a.format == "avid_cma" and finetune(a, recognition),
          dict(lr=1e-3)),
+        ("--format ours on ucf_1000, gym99_1000 (*_1000_examples_tubelet.yaml: 18 epochs [8, 13, 16], Table 5.8)",
+         lambda a: a.format == "ours" and not scratch(a) and finetune(a, ("ucf_1000", "gym99_1000")),
+         dict(epochs=180, milestones=[80, 130, 160])),
         ("from scratch on ucf101, hmdb51, gym99, gym288 (*_scratch.yaml: 20 epochs [10, 15, 18])",
          lambda a: scratch(a) and finetune(a, ("ucf101", "hmdb51", "gym99", "gym288")),
          dict(epochs=200, milestones=[100, 150, 180], weight_decay=1e-4)),

@@ -337,6 +337,11 @@ def test_per_method_configs_and_normalisation_as_severe_ran_them():
     assert parse("--setup", "gym99_1000", "--checkpoint", "c", "--format", "avid_cma").lr == 1e-3
     assert parse("--setup", "gym99_1000", "--checkpoint", "c", "--format", "gdt").lr == 1e-4
     assert parse("--setup", "ucf101", "--init", "scratch", "--epochs", "7").epochs == 7  # a given flag wins
+    for setup in ("ucf_1000", "gym99_1000"):  # tubelet contrast's own low-shot config (Table 5.8)
+        ours = parse("--setup", setup, "--checkpoint", "c", "--format", "ours")
+        assert (ours.epochs, ours.milestones) == (180, [80, 130, 160])
+        assert parse("--setup", setup, "--checkpoint", "c", "--format", "gdt").epochs == 160
+    assert parse("--setup", "ucf101", "--checkpoint", "c", "--format", "ours").epochs == 160
     S, norm = severe_eval.SETUPS, severe_eval.input_normalization
     imagenet, kinetics = severe_eval.INPUT_NORMALIZATION["imagenet"], severe_eval.INPUT_NORMALIZATION["kinetics"]
     assert norm("supervised", S["ucf101"]) == norm("scratch", S["ucf101"]) == norm("gdt", S["ucf101"]) == imagenet
