@@ -1085,9 +1085,26 @@ def knn_top1(train_features, train_labels, test_features, test_labels, chunk=102
     return correct / len(test_features)
 
 
+def eval_result_path(args, reprs):
+    """OUT_DIR/eval_<protocol>[_<label fraction>]_<reprs>[_scratch][_best].json; refuses (before training)
+    to overwrite the result of another checkpoint there."""
+    name = f"eval_{args.eval}" + (f"_{args.label_fraction:g}" if args.eval == "semi" else "") + \
+        f"_{'+'.join(reprs)}" + ("_scratch" if args.init == "scratch" else "") + \
+        ("_best" if args.select_on_test else "") + ".json"
+    path = os.path.join(args.out_dir, name)
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f).get("checkpoint")
+        if before != args.checkpoint:
+            raise SystemExit(f"{path} holds the result of --checkpoint {before}; this run's is "
+                             f"{args.checkpoint}: give another --out-dir")
+    return path
+
+
 def run_eval(args, d):
     backbones, width = pretrained_backbones(args)
     reprs = list(backbones)
+    path = eval_result_path(args, reprs)
     params = {r: count_parameters(b) for r, b in backbones.items()}
     d.print(f"--eval {args.eval}: downstream representations {'+'.join(reprs)} "
             f"({', '.join(f'{r} {n / 1e6:.2f}M' for r, n in params.items())} parameters, Table A.4)")
@@ -1132,15 +1149,13 @@ def run_eval(args, d):
                       downstream_reprs=reprs, init=args.init, checkpoint=args.checkpoint, width=width,
                       parameters=params, label_fraction=args.label_fraction if args.eval == "semi" else None,
                       train_samples=len(train_set), val_samples=len(val_set), args=vars(args))
-        name = f"eval_{args.eval}" + (f"_{args.label_fraction:g}" if args.eval == "semi" else "") + \
-            f"_{'+'.join(reprs)}" + ("_scratch" if args.init == "scratch" else "") + ".json"
-        with open(os.path.join(args.out_dir, name), "w") as f:
+        with open(path, "w") as f:
             json.dump(result, f, indent=1)
         spread = f" +- {top1.std():.2f} over {len(runs)} runs" if len(runs) > 1 else ""
         selection = ("; best test epoch, --select-on-test" if args.select_on_test else "; last epoch") \
             if epochs else ""
         print(f"{args.eval} top-1: {top1.mean():.2f}{spread}  ({'+'.join(reprs)}{selection}; written to "
-              f"{os.path.join(args.out_dir, name)})", flush=True)
+              f"{path})", flush=True)
 
 
 def prepare(args):

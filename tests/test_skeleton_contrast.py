@@ -4,6 +4,7 @@ subsets and kNN of the downstream protocols, and the script driven the way a use
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -193,8 +194,13 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
     last = json.load(open(os.path.join(out, "eval_linear_seq.json")))
     assert last["selected_on_test"] is False and last["epochs_read"] == [1]  # the last of 2 epochs
     run([*TINY, *data, "--eval", "linear", *ckpt_flag, *few, "--select-on-test", "--out-dir", out])
-    best = json.load(open(os.path.join(out, "eval_linear_seq.json")))
+    best = json.load(open(os.path.join(out, "eval_linear_seq_best.json")))  # beside the last epoch's, not over it
     assert best["selected_on_test"] is True and best["epochs_read"][0] in (0, 1)
+    assert json.load(open(os.path.join(out, "eval_linear_seq.json")))["selected_on_test"] is False
+    other = str(tmp_path / "other.pt")  # another checkpoint's result would overwrite this one's: refused first
+    shutil.copy(os.path.join(out, "checkpoint.pt"), other)
+    proc = run([*TINY, *data, "--eval", "linear", "--checkpoint", other, *few, "--out-dir", out], check=False)
+    assert proc.returncode != 0 and "give another --out-dir" in proc.stderr and "epoch 0" not in proc.stdout
     result = json.load(open(os.path.join(out, "eval_semi_0.25_seq.json")))
     assert len(result["runs"]) == 2 and all(0 <= r <= 100 for r in result["runs"])
     assert result["train_samples"] == 32 and result["val_samples"] == 16
