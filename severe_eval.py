@@ -2003,6 +2003,7 @@ def prepare_setup(args, d, setup_name):
     args = apply_presets(argparse.Namespace(**{**vars(args), "setup": setup_name,
                                                "format": args.format if fmt == "scratch" else fmt}), PRESETS)
     out_dir = os.path.join(args.out_dir, setup_name) if len(args.run_setups) > 1 else args.out_dir
+    check_result_file(args, out_dir, setup_name)
     sched = schedule(args, setup)
     d.local_batch(sched.batch_size)
     train, test, num_outputs = (*counting_data(args, d), 1) if setup.task == "counting" \
@@ -2116,6 +2117,23 @@ def train_epochs(args, d, out_dir, model, sched, loader, inputs, loss_of, select
     return best
 
 
+def result_path(args, out_dir, setup_name):
+    kind = args.protocol if args.task == "auto" else args.task  # retrieval / cluster train nothing
+    return os.path.join(out_dir, f"results_{setup_name}_{kind}.json")
+
+
+def check_result_file(args, out_dir, setup_name):
+    """Refuses, before anything trains, to overwrite the result of another checkpoint (or init) in out_dir
+    (--task retrieval / cluster write no checkpoint.pt whose resume check would catch it)."""
+    path = result_path(args, out_dir, setup_name)
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f).get("args", {})
+        if (before.get("init"), before.get("checkpoint")) != (args.init, args.checkpoint):
+            raise SystemExit(f"{path} holds the result of --init {before.get('init')} --checkpoint "
+                             f"{before.get('checkpoint')}; this run's differs: give another --out-dir")
+
+
 def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
     """Prints the result and writes OUT_DIR/results_<setup>_<protocol or task>.json (rank 0)."""
     name = args.name or (args.checkpoint if args.init == "pretrained" and args.checkpoint else "None (scratch)")
@@ -2124,10 +2142,10 @@ def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
                   format=info.get("format"), backbone=info.get("backbone"), epochs=epochs,
                   seconds=round(time.time() - t_start, 1), args=vars(args))
     if d.main:
-        kind = args.protocol if args.task == "auto" else args.task  # retrieval / cluster train nothing
-        path = os.path.join(out_dir, f"results_{setup_name}_{kind}.json")
+        path = result_path(args, out_dir, setup_name)
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
+        kind = args.protocol if args.task == "auto" else args.task
         print(f"{setup_name} {kind}: {record['metric_name']} {record['value']:.2f}  ({path})", flush=True)
     return record
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -442,3 +443,12 @@ def test_severe_retrieval_leaves_an_unreadable_test_video_out_and_counts_it(tmp_
     assert f"skipping unreadable video {truncated}" in proc.stderr
     r = json.load(open(out / "results_ucf101_retrieval.json"))
     assert r["test_videos_listed"] == 22 and r["unreadable_test_videos"] == 1 and r["test_videos"] == 21
+    # another checkpoint's retrieval into the same folder would overwrite this result: refused first
+    other = tmp_path / "other.pt"
+    torch.save(torchvision.models.video.r2plus1d_18().state_dict(), other)
+    proc = run("severe_eval.py", ["--setup", "ucf101", "--task", "retrieval", "--checkpoint", str(other), "--data-root",
+                                  str(root), "--ann-root", str(ann), "--out-dir", str(out), "--clip-len", "4",
+                                  "--crop-size", "32", "--num-test-clips", "2", "--workers", "0", "--device", "cpu"],
+               check=False)
+    assert proc.returncode != 0 and "give another --out-dir" in proc.stderr
+    assert json.load(open(out / "results_ucf101_retrieval.json"))["args"]["init"] == "scratch"
