@@ -283,17 +283,19 @@ def read_kinetics_csv(csv_path, root, split_dir=None):
             rows.append((label, [f"{name}_{start:06d}_{end:06d}", name]))
     classes = sorted({label for label, _ in rows})
     class_index = {c: i for i, c in enumerate(classes)}
-    samples = []
+    samples, absent = [], []
     for label, stems in rows:
         found = [on_disk[s + ext] for s in stems for ext in (".mp4", ".mkv", ".webm")
                  if s + ext in on_disk]
         if found:
             samples.append((found[0], class_index[label]))
+        else:
+            absent.append(stems[0])
     if rows and not samples:
         raise FileNotFoundError(f"none of the {len(rows)} videos of {csv_path} found under {base}")
-    if len(samples) < len(rows):
-        print(f"{csv_path}: {len(rows) - len(samples)} of {len(rows)} videos not found under "
-              f"{base}; skipped", file=sys.stderr)
+    if absent:
+        print(f"{csv_path}: {len(absent)} of {len(rows)} videos not found under {base}; skipped "
+              f"(first: {', '.join(absent[:3])})", file=sys.stderr)
     return samples, classes
 
 

@@ -160,7 +160,7 @@ def test_read_video_list(tmp_path, capsys):
             read_video_list(bad, tmp_path)
 
 
-def test_read_kinetics_csv(tmp_path):
+def test_read_kinetics_csv(tmp_path, capsys):
     root = tmp_path / "k400"
     for rel in ("air_drumming/abc_000010_000020.mp4", "abseiling/def_000000_000010.mkv",
                 "zumba/ghi_000005_000015.mp4"):
@@ -177,7 +177,9 @@ def test_read_kinetics_csv(tmp_path):
     assert samples == [(str(root / "air_drumming/abc_000010_000020.mp4"), 1),
                        (str(root / "abseiling/def_000000_000010.mkv"), 0),
                        (str(root / "zumba/ghi_000005_000015.mp4"), 2)]
+    assert "1 of 4 videos not found" in capsys.readouterr().err.replace("\n", " ")
     assert read_samples(csv_path, root) == samples
+    assert "(first: gone_000001_000011)" in capsys.readouterr().err  # the missing ones are named
     csv_path.write_text("label,youtube_id,time_start,time_end,split\nzumba,ghi,five,15,train\n")
     with pytest.raises(ValueError, match=f"{csv_path}:2:"):
         read_kinetics_csv(csv_path, root)
