@@ -644,6 +644,12 @@ def check_inputs(args, stages):
                f"for the {args.target} student")
         if depth:
             check_depth_pngs(args.depth_dir)
+        else:  # the protocol's .npy / .pkl files, opened only when the student's stage starts
+            for split in ("train", "val"):
+                try:
+                    protocol_paths(args.skeleton_dir, split)
+                except FileNotFoundError as err:
+                    raise SystemExit(f"--skeleton-dir: {err}") from None
 
 
 def teacher_folder(args, source=False):

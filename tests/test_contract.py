@@ -255,6 +255,12 @@ def test_distill_refuses_missing_target_folders_before_the_teacher_trains(tmp_pa
                check=False)
     assert proc.returncode != 0 and "--skeleton-dir is needed for the skeleton student" in proc.stderr
     assert not (tmp_path / "o" / "teacher").exists()
+    (tmp_path / "skeleton").mkdir()  # a folder without the protocol's files: named before the teacher trains
+    proc = run_main(distill_modality, ["--target", "skeleton", "--rgb-dir", str(tmp_path / "rgb"), "--flow-dir",
+                                       str(tmp_path / "flow"), "--skeleton-dir", str(tmp_path / "skeleton"),
+                                       "--out-dir", str(tmp_path / "o"), "--device", "cpu"], check=False)
+    assert proc.returncode != 0 and "--skeleton-dir: " in proc.stderr and "train_data_joint.npy" in proc.stderr
+    assert not (tmp_path / "o" / "teacher").exists()
 
 
 def test_distill_clips_replace_a_truncated_video_in_training_and_leave_it_out_in_evaluation(tmp_path, capsys):
