@@ -668,9 +668,10 @@ def parse_args(argv=None):
                    help="move each sampled frame on by a random 0..stride-1 frames, as the authors' frame sampler")
     g.add_argument("--short-side", type=int, default=128,
                    help="frames are resized to this short side while decoding; crops are taken from them")
-    g.add_argument("--stop-epoch", type=int, default=None,
+    g.add_argument("--stop-epoch", type=int_at_least(0), default=0,
                    help="end the run after this many epochs while the cosine schedule still spans --epochs "
-                        "(the authors stopped their 200-epoch schedule after 100: --epochs 200 --stop-epoch 100)")
+                        "(the authors stopped their 200-epoch schedule after 100: --epochs 200 --stop-epoch 100); "
+                        "0 = run all --epochs")
     g.add_argument("--synthetic-background", choices=BACKGROUNDS, default="gratings",
                    help="without --data-root: the synthetic world's backgrounds (common/synthetic.py); grey-noise "
                         "is the world of the Table 5.2 miniature (README)")
