@@ -1195,6 +1195,12 @@ def clip_outputs(net, clips, d, args):
     return out.float().view(b, n, -1)
 
 
+def one_per_video(index):
+    """Positions of the last row of each video index, in order of position: a video that was read twice
+    (a sampler's padding, the reader's stand-in for an unreadable one) counts once."""
+    return torch.as_tensor(sorted({int(i): k for k, i in enumerate(index.tolist())}.values()))
+
+
 @torch.no_grad()
 def predict(model, loader, d, args, setup):
     """Video-level scores of the test set, gathered over processes and ordered by video index.
@@ -1219,8 +1225,7 @@ def predict(model, loader, d, args, setup):
         torch.distributed.all_gather_object(gathered, parts[0])
         parts = gathered
     scores, targets, index = (torch.cat(x) for x in zip(*parts))
-    # DistributedSampler pads the last shard with repeats: keep one prediction per video
-    keep = torch.as_tensor(sorted({int(i): k for k, i in enumerate(index.tolist())}.values()))
+    keep = one_per_video(index)  # DistributedSampler pads the last shard with repeats
     order = index[keep].argsort()
     return scores[keep][order], targets[keep][order], index[keep][order]
 
@@ -1274,7 +1279,7 @@ def features(backbone, loader, d, args):
     feats, labels, index = [], [], []
     for clips, targets, idx in loader:
         feats.append(clip_outputs(backbone, clips, d, args).mean(1).cpu()), labels.append(targets), index.append(idx)
-    keep = torch.as_tensor(sorted({int(i): k for k, i in enumerate(torch.cat(index).tolist())}.values()))
+    keep = one_per_video(torch.cat(index))
     return torch.cat(feats)[keep], torch.cat(labels)[keep]
 
 
