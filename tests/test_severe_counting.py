@@ -163,3 +163,35 @@ def test_run_counting_tiny_end_to_end(tmp_path, monkeypatch):
     assert [p["count"] for p in result["predictions"]] == [len(b) - 1 for _, b in test]
     assert os.path.isfile(os.path.join(args.out_dir, "checkpoint.pt"))
     assert os.path.isfile(os.path.join(args.out_dir, "results_ucf_rc_finetune.json"))
+
+
+def test_counting_training_replaces_a_truncated_video_and_evaluation_leaves_it_out(tmp_path, capsys):
+    """The contract's bad-file policy for UCFRep: a truncated training video is reported, counted and
+    replaced (read_or_replace); a truncated test video is left out and counted, and when no test video
+    is readable the run still ends with a result (NaN metrics), not a traceback after training."""
+    from common.video import BadVideoCounter
+    videos = synthetic_repetition_videos(str(tmp_path / "rep"), num_videos=3, size=32)
+    bad = videos[1][0]
+    with open(bad, "rb") as f:
+        head = f.read(300)
+    with open(bad, "wb") as f:
+        f.write(head)
+    counter = BadVideoCounter(max_fraction=0.5, min_reads=100)
+    samples = se.RepetitionSamples(videos, clip_len=8, crop_size=16, short_side=32, samples_per_video=1,
+                                   counter=counter)
+    clip, valid, cls, box, index = samples[1]
+    assert index != 1 and clip.shape == (8, 3, 16, 16) and counter.failures == 1
+    samples[1]  # a known bad file is replaced without reading or counting it again
+    assert counter.failures == 1
+    assert f"skipping unreadable video {bad}" in capsys.readouterr().err
+
+    args = se.parse_args(["--setup", "ucf_rc", "--clip-len", "8", "--crop-size", "16", "--short-side", "16",
+                          "--batch-size", "4", "--device", "cpu"])
+    args.input_norm = se.INPUT_NORMALIZATION["kinetics"]
+    d = Dist("cpu")
+    model = se.CountingHead(*se.build_backbone())
+    result = se.evaluate_counting(model, videos[:2], args, d)
+    assert result["test_videos"] == 1 and result["unreadable_test_videos"] == 1
+    assert [p["path"] for p in result["predictions"]] == [videos[0][0]] and math.isfinite(result["value"])
+    result = se.evaluate_counting(model, [videos[1]], args, d)
+    assert result["test_videos"] == 0 and math.isnan(result["value"]) and math.isnan(result["off_by_one"])
