@@ -42,9 +42,9 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.backbones import (KINETICS_MEAN, KINETICS_STD, STGCN, convert_hara_state_dict, encoder_state_dict,
                               is_hara_state_dict, load_encoder_weights, video_encoder)
-from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_resume_args, checkpoint_args,
-                           grad_scaler, float_in, int_at_least, load_checkpoint, optimizer_step, parse_with_presets,
-                           resume_training, save_atomic, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_out_dir, check_resume_args,
+                           checkpoint_args, grad_scaler, float_in, int_at_least, load_checkpoint, optimizer_step,
+                           parse_with_presets, resume_training, save_atomic, save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, drop_missing, read_clip,
                           read_or_replace, read_samples, uniform_starts)
@@ -1424,6 +1424,9 @@ def main(argv=None):
     else:
         stages = [args.stage]
     check_inputs(args, stages)
+    for stage in stages:  # a README row of another configuration into this --out-dir stops here, not after the teacher
+        for seed in (args.seeds if stage == "finetune" else [None] if stage != "eval" else []):
+            check_out_dir(args, stage_dir(args, stage, seed), STAGE_INDEPENDENT[stage])
     result = None
     for stage in stages:
         seed_everything(args.seed, d.rank)

@@ -354,20 +354,32 @@ def check_resume_args(saved, args, path, ignore=(), action="--resume: cannot con
                          f"another --out-dir")
 
 
-def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs, ignore=()):
-    """--resume: restores model (inside DDP or not), optimizer, scheduler and scaler from the
-    checkpoint that `resume_path` names, after `check_resume_args` (ignore: dests this checkpoint
-    does not depend on), and says which of the `epochs` comes next (or that none is left). A fresh
-    run refuses to overwrite OUT_DIR/checkpoint.pt of another configuration. Returns the checkpoint
-    dict (its 'epoch' is the last one finished), or None when the run starts fresh."""
+def check_out_dir(args, out_dir, ignore=()):
+    """The checks of `resume_training` without loading anything, so that a run of several stages can
+    make them for every stage before the first one trains: refuses to continue (--resume) or overwrite
+    (a fresh run) OUT_DIR/checkpoint.pt of another configuration. Returns the checkpoint to resume from,
+    or None."""
     path = resume_path(args.resume, out_dir)
     if path is None:
         existing = os.path.join(out_dir, "checkpoint.pt")
         if os.path.exists(existing):
             check_resume_args(checkpoint_args(existing), args, existing, ignore, action="--out-dir: would overwrite")
         return None
+    saved = load_checkpoint(path, name=f"--resume {path}", mmap=True).get("args", {})
+    check_resume_args(saved, args, path, ignore)
+    return path
+
+
+def resume_training(args, out_dir, d, model, optimizer, scheduler, scaler, epochs, ignore=()):
+    """--resume: restores model (inside DDP or not), optimizer, scheduler and scaler from the
+    checkpoint that `resume_path` names, after `check_resume_args` (ignore: dests this checkpoint
+    does not depend on), and says which of the `epochs` comes next (or that none is left). A fresh
+    run refuses to overwrite OUT_DIR/checkpoint.pt of another configuration. Returns the checkpoint
+    dict (its 'epoch' is the last one finished), or None when the run starts fresh."""
+    path = check_out_dir(args, out_dir, ignore)
+    if path is None:
+        return None
     ckpt = load_checkpoint(path, name=f"--resume {path}")
-    check_resume_args(ckpt.get("args", {}), args, path, ignore)
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -160,7 +160,7 @@ def test_rgb_teacher_from_a_torchvision_state_dict(data, tmp_path):
     assert "transfer: 12 unlabeled (rgb, depth) pairs" in proc.stdout
     # the same 3-channel file as a flow teacher: a message naming the flag and the file
     proc = run([*TINY, *flags(data), "--stage", "transfer", "--teacher-modality", "flow", "--arch", "r3d_18",
-                "--teacher-checkpoint", path, "--out-dir", out], check=False)
+                "--teacher-checkpoint", path, "--out-dir", out + "_flow"], check=False)
     assert proc.returncode != 0
     assert f"--teacher-checkpoint {path}: its first convolution takes 3 input channel(s)" in proc.stderr
 
@@ -217,6 +217,21 @@ def test_resume_refuses_another_granularity(data, teacher, tmp_path):
     assert proc.returncode != 0
     assert "--granularity 'clip2clip' there, 'video2clip' now" in proc.stderr and "--loss 'cosine'" in proc.stderr
     run([*common, "--granularity", "clip2clip", "--resume", "auto", "--workers", "1"])  # run flags may change
+
+
+def test_stage_all_of_another_configuration_is_refused_before_the_teacher_retrains(data, tmp_path):
+    """Two README rows into one --out-dir: the second (another --granularity) trained a new teacher
+    before its transfer stage found the first row's student checkpoint and refused."""
+    out = str(tmp_path / "run")
+    common = [*TINY, *flags(data), "--teacher-modality", "flow", "--out-dir", out]
+    run([*common, "--granularity", "clip2clip"])
+    teacher = os.path.join(out, "teacher", "checkpoint.pt")
+    written = os.stat(teacher).st_mtime_ns
+    proc = run([*common, "--granularity", "video2clip"], check=False)
+    assert proc.returncode != 0 and "teacher:" not in proc.stdout
+    assert "--out-dir: would overwrite" in proc.stderr and os.path.join("transfer", "checkpoint.pt") in proc.stderr
+    assert "--granularity 'clip2clip' there, 'video2clip' now" in proc.stderr
+    assert os.stat(teacher).st_mtime_ns == written
 
 
 def test_a_diverging_stage_names_its_own_learning_rate_flag(data, tmp_path):

@@ -383,7 +383,7 @@ def test_setup_all_takes_one_video_root_per_dataset(tmp_path):
         se.parse_args(["--dataset-root", "finegym=/x"])
 
 
-def test_ssv2_sub_is_a_quarter_of_every_class_and_the_full_validation_set(tmp_path):
+def test_ssv2_sub_is_a_quarter_of_every_class_and_the_full_validation_set(tmp_path, capsys):
     """App. C.4: "we randomly sample 25% of the data from the whole train set and spanning all categories";
     the training json is not shipped, so the test writes one in the official format."""
     import json
@@ -405,6 +405,9 @@ def test_ssv2_sub_is_a_quarter_of_every_class_and_the_full_validation_set(tmp_pa
     assert sub != se.setup_samples("ssv2_sub", "train", str(tmp_path), subset_seed=1)
     assert set(sub) <= set(se.setup_samples("ssv2", "train", str(tmp_path)))
     assert se.setup_samples("ssv2_sub", "test", str(tmp_path)) == se.setup_samples("ssv2", "test", ANN)
+    capsys.readouterr()
+    se.main(["--setup", "ssv2_sub", "--print-split", "train", "--ann-root", str(tmp_path)])  # the draw, listed
+    assert capsys.readouterr().out.split() == [path for path, _ in sub]
 
 
 def test_ntu60_rgb_cross_subject_split_from_the_video_names(tmp_path):

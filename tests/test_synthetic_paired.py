@@ -11,8 +11,8 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.skeleton import (MAX_FRAMES, SkeletonDataset, count_valid_frames, ntu_split,
                              parse_ntu_name, protocol_paths)
-from common.synthetic import (MIRROR_JOINTS, PAIRED_SOURCE, PAIRED_TARGET, _paired_scene, flow_to_uint8,
-                              paired_intrinsics, render_paired_views, synthetic_paired_dataset, write_png16)
+from common.synthetic import (MIRROR_JOINTS, PAIRED_SOURCE, PAIRED_TARGET, _paired_scene, _to_camera, flow_to_uint8,
+                              mirror_people, paired_intrinsics, render_paired_views, synthetic_paired_dataset, write_png16)
 from common.video import count_frames, read_clip
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec); they still work
@@ -289,3 +289,22 @@ def test_actors_fill_about_three_quarters_of_the_frame_height(dataset):
             heights.append((rows[-1] - rows[0] + 1) / side if len(rows) else 0)
         shares.append(np.median(heights))
     assert len(shares) >= 10 and 0.5 < min(shares) and max(shares) <= 0.95 and 0.6 < np.median(shares) < 0.85
+
+
+def test_a_flipped_clip_is_the_rendering_of_the_mirrored_performance():
+    """The flip on the rendered frames, not only on the joints: flipping a camera's RGB, depth and flow
+    frames left-right gives what the same camera renders of the mirror image of the performance (a
+    performance of the same class, drawn with p = 1/2: the test above), flow with its x negated."""
+    scene = _paired_scene("kick", np.random.default_rng(5), 6, (1.0,), 1, mirror=False)
+    joints = _to_camera(scene, 2, (2.2, 1.0, 0.03))
+    colours = np.random.default_rng(0).uniform(20, 235, (1, 4, 3))
+    background = np.full((40, 48, 3), 90.0)
+    plain, mirrored = (render_paired_views(j, colours, (40, 48), (36, 40), background)
+                       for j in (joints, mirror_people(joints)))
+    assert plain["mask"].mean() > 0.03 and not np.array_equal(plain["depth"], plain["depth"][..., ::-1])
+    def same_pixels(a, b, atol):  # share of the (t, y, x) pixels where a and b agree in every channel
+        close = np.isclose(np.asarray(a, float), np.asarray(b, float), atol=atol)
+        return close.reshape(*close.shape[:3], -1).all(-1).mean()
+    assert same_pixels(mirrored["depth"], plain["depth"][:, :, ::-1], atol=2) > 0.995  # mm
+    assert same_pixels(mirrored["rgb"], plain["rgb"][:, :, ::-1], atol=2) > 0.995
+    assert same_pixels(mirrored["flow"], plain["flow"][:, :, ::-1] * [-1, 1], atol=0.01) > 0.995  # pixels
