@@ -1026,6 +1026,7 @@ def run_transfer(args, d):
                     teacher_clip = [t[l] for l in layers]
                 if video is not None:  # F_RGB^video of the pair's video (Eq. 2.3), computed once
                     teacher_video = [f[batch["index"].to(d.device)] for f in video]
+                # clip2clip Eq. 2.1, video2clip Eq. 2.2, combined Eq. 2.4, video2video Eq. 2.5
                 loss = granularity_loss(student, teacher_clip, teacher_video, args.granularity, args.loss)
             run.step(loss, it)
         run.end_epoch()
