@@ -1268,7 +1268,8 @@ def _metric(scores, targets, setup, multilabel):
     if setup.metric == "mean_class_acc":
         return dict(metric_name="mean_class_acc", value=100 * mean_class_accuracy(scores.numpy(), labels, scores.shape[1]),
                     per_class=per_class_accuracy(scores.numpy(), labels, scores.shape[1]).tolist())
-    return dict(metric_name="top1", value=100 * top1(scores.numpy(), labels))
+    return dict(metric_name="top1", value=100 * top1(scores.numpy(), labels),  # and Table 4.2's Gym99 measure
+                mean_class_acc=100 * mean_class_accuracy(scores.numpy(), labels, scores.shape[1]))
 
 
 @torch.no_grad()
@@ -1283,12 +1284,21 @@ def features(backbone, loader, d, args):
     return torch.cat(feats)[keep], torch.cat(labels)[keep]
 
 
-# ============ summary table (Table 4.4, Table 5.8) ============
+# ============ summary tables (Tables 4.1, 4.2, 4.4 / 5.8) ============
 
 SEVERE_ORDER = SEVERE_SETUPS  # the columns of Table 4.4 / 5.8
 SEVERE_HEADERS = {"ssv2": "SSv2", "gym99": "Gym99", "ucf_1000": "UCF (10^3)", "gym99_1000": "Gym (10^3)",
                   "fx_s1": "FX-S1", "ub_s1": "UB-S1", "ucf_rc": "UCF-RC↓", "charades": "Charades"}
 LOWER_IS_BETTER = ("ucf_rc",)  # setups whose value is an error: the counting error of UCF-RC
+# The thesis's other layouts, (title, protocol, columns, measure); no Mean or Rank (the thesis colours
+# ranks per column). Table 4.2 reports mean per-class accuracy in every column, Gym99's included (its
+# top-1 is Table 4.1's): measure "mean_class_acc" reads a top-1 result's `mean_class_acc`.
+THESIS_TABLES = (
+    ("Table 4.1, finetuning", "finetune", ("ucf101", "ntu60", "gym99", "ssv2", "ek100"), None),
+    ("Table 4.1, linear evaluation", "linear", ("k400", "ucf101", "ntu60", "gym99", "ssv2", "ek100"), None),
+    ("Table 4.2, action granularity (mean per-class accuracy)", "finetune",
+     ("gym99", "gym_vault", "gym_floor", "fx_s1", "ub_s1", "gym288"), "mean_class_acc"),
+)
 
 
 def load_results(dirs):
@@ -1315,7 +1325,7 @@ def summary_rows(results, setups=SEVERE_ORDER):
     {'name', 'values': {setup: value or None}, 'mean', 'rank'}.
 
     Results of --task retrieval / cluster are left out. Row label: r['name'] if present, else
-    r['checkpoint']; when the results mix protocols
+    r['checkpoint']; when the results of `setups` mix protocols
     (r['protocol'], e.g. finetune and linear) the protocol is appended, "name [linear]", so that the
     two never share a row. Several results of one row and setup
     (e.g. seeds) are averaged. mean: the mean over `setups`, with an error e (UCF-RC) entering as
@@ -1325,7 +1335,7 @@ def summary_rows(results, setups=SEVERE_ORDER):
     `setups` gets mean = rank = None; its values still count when ranking the other rows."""
     rows = {}
     results = [r for r in results if r.get("task", "auto") == "auto"]  # retrieval / cluster are no table entries
-    mixed = len({r.get("protocol") for r in results}) > 1
+    mixed = len({r.get("protocol") for r in results if r.get("setup") in setups}) > 1
     for r in results:
         name = r.get("name") or r.get("checkpoint")
         if name is None or "setup" not in r or "value" not in r:
@@ -1351,36 +1361,53 @@ def summary_rows(results, setups=SEVERE_ORDER):
     return table
 
 
-def summarize(results, setups=SEVERE_ORDER):
+def summarize(results, setups=SEVERE_ORDER, mean_rank=True):
     """A markdown table in the layout of Table 5.8: one row per checkpoint (row label), one column
-    per setup in `setups` order, then Mean and Rank↓ (see summary_rows). Accuracies and mAP print
-    with one decimal, the UCF-RC error with three; a missing value, mean or rank prints as '–'."""
+    per setup in `setups` order, then Mean and Rank↓ (see summary_rows; left out when not
+    `mean_rank`). Accuracies and mAP print with one decimal, the UCF-RC error with three; a missing
+    value, mean or rank prints as '–'."""
     table = summary_rows(results, setups)
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
     headers = [SEVERE_HEADERS.get(s, SETUPS[s].title if s in SETUPS else s) for s in setups]
-    lines = ["| " + " | ".join(["Checkpoint"] + headers + ["Mean", "Rank↓"]) + " |",
-             "|" + "---|" + "---:|" * (len(setups) + 2)]
+    headers += ["Mean", "Rank↓"] if mean_rank else []
+    lines = ["| " + " | ".join(["Checkpoint"] + headers) + " |", "|" + "---|" + "---:|" * len(headers)]
     for row in table:
         cells = [row["name"].replace("|", "\\|")]
         cells += [fmt(row["values"][s], ".3f" if s in LOWER_IS_BETTER else ".1f") for s in setups]
-        cells += [fmt(row["mean"], ".1f"), fmt(row["rank"], ".1f")]
+        cells += [fmt(row["mean"], ".1f"), fmt(row["rank"], ".1f")] if mean_rank else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def thesis_table(results, title, protocol, setups, measure=None):
+    """One layout of THESIS_TABLES: the --protocol `protocol` results of its setups, one row per
+    checkpoint, no Mean or Rank; the value is the result's `measure` where that is not its metric (a
+    result without it prints '–'). None when no result has one of the columns."""
+    results = [r for r in results if r.get("protocol", "finetune") == protocol and r.get("setup") in setups]
+    if measure:
+        results = [r if r.get("metric_name") == measure else dict(r, value=r[measure])
+                   for r in results if r.get("metric_name") == measure or measure in r]
+    if not results:
+        return None
+    return f"{title}\n{summarize(results, setups, mean_rank=False)}"
+
+
 def summary_tables(results):
-    """What --summary prints: the Table 4.4 / 5.8 layout of the eight SEVERE setups, then one table (a
-    column per setup in SETUPS order, Mean and Rank over those columns) of every other setup found,
-    e.g. the UCF101 / HMDB51 of Table 5.7 or the granularities of Table 4.2; says so when there is
-    no SEVERE setup among the results."""
-    found = {r.get("setup") for r in results if r.get("task", "auto") == "auto"}
+    """What --summary prints: the Table 4.4 / 5.8 layout of the eight SEVERE setups (Mean and Rank),
+    then each layout of THESIS_TABLES that has a result, then one table (a column per setup in SETUPS
+    order, Mean and Rank over those columns) of every setup no layout shows, e.g. Table 5.7's HMDB51;
+    says so when there is no SEVERE setup among the results."""
+    results = [r for r in results if r.get("task", "auto") == "auto"]  # retrieval / cluster: no table entries
+    found = {r.get("setup") for r in results}
     if not found:
         raise SystemExit("--summary: no finetuning or linear-probe results*.json under the folders given")
-    others = [s for s in SETUPS if s in found and s not in SEVERE_ORDER]
-    parts = [summarize(results) if found & set(SEVERE_ORDER) else
+    parts = ["Table 4.4 / 5.8, SEVERE\n" + summarize(results) if found & set(SEVERE_ORDER) else
              f"(no SEVERE setup among the results: Table 4.4 / 5.8 needs {', '.join(SEVERE_ORDER)})\n"]
+    parts += filter(None, (thesis_table(results, *layout) for layout in THESIS_TABLES))
+    shown = set(SEVERE_ORDER).union(*(layout[2] for layout in THESIS_TABLES))
+    others = [s for s in SETUPS if s in found and s not in shown]
     if others:
-        parts.append(summarize(results, others))
+        parts.append("Other setups\n" + summarize(results, others))
     return "\n".join(parts)
 
 
@@ -1815,7 +1842,7 @@ PRESETS = setup_presets() + method_presets() + [("synthetic (no --data-root)", l
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="SEVERE benchmark (thesis Ch. 4): finetune or linear-probe an R(2+1)D-18 checkpoint "
-                    "on a downstream setup; --summary prints Table 4.4 / 5.8 from result files. The "
+                    "on a downstream setup; --summary prints Tables 4.4 / 5.8, 4.1, 4.2 from result files. The "
                     "defaults shown are --setup ucf101's; every setup's schedule is a preset (below).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, lists=False)
@@ -1852,7 +1879,8 @@ def parse_args(argv=None):
     g.add_argument("--print-split", choices=["train", "test"], default=None,
                    help="print the setup's video paths of that split, one per line, and exit")
     g.add_argument("--summary", nargs="+", default=None, metavar="DIR",
-                   help="print the markdown table of all results JSON files under these folders and exit")
+                   help="print the markdown tables (Table 4.4 / 5.8, 4.1, 4.2, other setups) of all results JSON files "
+                        "under these folders and exit")
     g.add_argument("--num-test-clips", type=int_at_least(1), default=10, help="uniformly spaced test clips per video")
     g.add_argument("--milestones", type=int, nargs="*", default=[60, 100, 140],
                    help="lr x --gamma at these epochs (SEVERE's configs, in one-clip-per-video epochs)")

@@ -260,6 +260,53 @@ def test_table_5_8_mean_column(tmp_path):
     assert by_name["Supervised"][9] == "70.9" and by_name["None"][9] == "52.9" and by_name["This Chapter"][9] == "66.5"
 
 
+def test_summary_prints_the_layouts_of_tables_4_1_and_4_2():
+    """Tables 4.1 (finetuning and linear columns) and 4.2 (FineGym granularities) as the thesis lays them
+    out, from rows of the printed tables. Table 4.2 is mean per-class accuracy, Gym99's column included:
+    CtP's Gym99 is 92.0 top-1 in Table 4.1 and 88.1 per-class in Table 4.2, both from one result."""
+    rows_4_1 = {"None": ((77.3, 92.9, 89.8, 57.1, 25.7), None),  # finetuning; linear: K400, UCF, NTU, Gym, SSv2, EK
+                "CtP": ((90.1, 94.3, 92.0, 59.6, 42.8), (7.6, 37.9, 22.6, 30.6, 12.2, 20.0))}
+    rows_4_2 = {"None": (84.8, 24.7, 75.9, 46.6, 82.3, 50.0), "CtP": (88.1, 26.8, 86.2, 79.1, 88.8, 56.5)}
+    results = []
+    for name, (ft, lin) in rows_4_1.items():
+        for setup, v in zip(("ucf101", "ntu60", "gym99", "ssv2", "ek100"), ft):
+            extra = dict(mean_class_acc=rows_4_2[name][0]) if setup == "gym99" else {}
+            results.append(dict(name=name, setup=setup, protocol="finetune", metric_name="top1", value=v, **extra))
+        for setup, v in zip(("k400", "ucf101", "ntu60", "gym99", "ssv2", "ek100"), lin or ()):
+            results.append(dict(name=name, setup=setup, protocol="linear", metric_name="top1", value=v))
+        for setup, v in zip(("gym_vault", "gym_floor", "fx_s1", "ub_s1", "gym288"), rows_4_2[name][1:]):
+            results.append(dict(name=name, setup=setup, protocol="finetune", metric_name="mean_class_acc", value=v))
+    results.append(dict(name="CtP", setup="hmdb51", protocol="finetune", metric_name="top1", value=60.0))
+    text = se.summary_tables(results)
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in text.strip().split("\n\n")}
+    assert list(blocks) == ["Table 4.4 / 5.8, SEVERE", "Table 4.1, finetuning", "Table 4.1, linear evaluation",
+                            "Table 4.2, action granularity (mean per-class accuracy)", "Other setups"]
+    # SSv2, Gym99, FX-S1, UB-S1 only; finetuning and linear results mixed there, so rows name their protocol
+    _, body = parse_markdown("\n".join(blocks["Table 4.4 / 5.8, SEVERE"]))
+    assert body[1] == ["CtP [finetune]", "59.6", "92.0", "–", "–", "79.1", "88.8", "–", "–", "–", "–"]
+    header, body = parse_markdown("\n".join(blocks["Table 4.1, finetuning"]))
+    assert header == ["Checkpoint", "UCF101", "NTU-60", "Gym99", "SSv2", "EK-100"]
+    assert body == [["None", "77.3", "92.9", "89.8", "57.1", "25.7"], ["CtP", "90.1", "94.3", "92.0", "59.6", "42.8"]]
+    header, body = parse_markdown("\n".join(blocks["Table 4.1, linear evaluation"]))
+    assert header == ["Checkpoint", "Kinetics-400", "UCF101", "NTU-60", "Gym99", "SSv2", "EK-100"]
+    assert body == [["CtP", "7.6", "37.9", "22.6", "30.6", "12.2", "20.0"]]  # None has no linear row
+    header, body = parse_markdown("\n".join(blocks["Table 4.2, action granularity (mean per-class accuracy)"]))
+    assert header == ["Checkpoint", "Gym99", "Vault", "Floor", "FX-S1", "UB-S1", "Gym-288"]
+    assert body == [["None", "84.8", "24.7", "75.9", "46.6", "82.3", "50.0"],
+                    ["CtP", "88.1", "26.8", "86.2", "79.1", "88.8", "56.5"]]
+    header, body = parse_markdown("\n".join(blocks["Other setups"]))
+    assert header == ["Checkpoint", "HMDB51", "Mean", "Rank↓"] and body == [["CtP", "60.0", "60.0", "1.0"]]
+
+
+def test_a_top1_result_carries_the_mean_class_accuracy_of_table_4_2():
+    # class 0: 2 of 2 right, class 1: 0 of 2 right, class 2: 1 of 1 -> top-1 3/5 = 60, per-class (1 + 0 + 1) / 3
+    scores = torch.eye(3)[[0, 0, 0, 0, 2]]
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    m = se._metric(scores, labels, se.SETUPS["gym99"], multilabel=False)
+    assert m["metric_name"] == "top1" and m["value"] == pytest.approx(60.0)
+    assert m["mean_class_acc"] == pytest.approx(200 / 3)
+
+
 def toy(name, ssv2=None, ucf_rc=None):
     out = []
     if ssv2 is not None:
