@@ -504,7 +504,8 @@ SETUPS = {s.name: s for s in (
     Setup("gym_floor", "Floor", "gym99", "recognition", 35, "mean_class_acc", *_GYM_FILES, _FT_GYM_SETS, None,
           label_range=(6, 41)),
     Setup("gym288", "Gym-288", "gym288", "recognition", 288, "mean_class_acc", *_GYM288_FILES, _FT_STANDARD, None),
-    Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None),
+    Setup("ucf_rc", "UCF-RC", "ucfrep", "counting", 1, "mean_count_error", *_UCFREP_FILES, _FT_UCF_RC, None,
+          colour_jitter=False),  # SEVERE's counting code: letterboxed frames, a flip, nothing else
     Setup("charades", "Charades", "charades", "multilabel", CHARADES_NUM_CLASSES, "map", *_CHARADES_FILES,
           _FT_CHARADES, None, clip_stride=8, video_fps=0.0, dropout=0.5,  # SlowFast's config: 32 x 8, DROPOUT_RATE,
           train_crop="jitter", test_spatial_crops=3, short_side=340, colour_jitter=False),  # TRAIN_JITTER_SCALES
@@ -909,19 +910,22 @@ INPUT_NORMALIZATION = {
     "kinetics": (KINETICS_MEAN, KINETICS_STD, False), "tclr": ((0.0,) * 3, (1.0,) * 3, True),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
     "slowfast": ((0.45,) * 3, (0.225,) * 3, True),  # SEVERE's Charades configs: REVERSE_INPUT_CHANNEL True
+    "raw": ((0.0,) * 3, (1.0,) * 3, False),  # TCLR in SEVERE's counting code: RGB in [0, 1]
 }
 
 
 def input_normalization(fmt, setup, how="severe"):
     """The normalisation of a checkpoint layout on a setup. severe: as SEVERE's configs ran each method:
-    ImageNet statistics for every method (its supervised model and from-scratch too), TCLR raw [0, 1] BGR,
-    and on Charades SlowFast's 0.45 / 0.225 in BGR order for every method. pretraining: as each was pretrained
+    ImageNet statistics for every method (its supervised model and from-scratch too), TCLR raw [0, 1] BGR
+    (in counting raw [0, 1] RGB), and on Charades SlowFast's 0.45 / 0.225 in BGR order for every method. pretraining: as each was pretrained
     (torchvision's and from scratch with the Kinetics statistics). This repository's checkpoints ("ours")
     were pretrained with the Kinetics statistics and get them in both."""
     if fmt == "ours" or (how == "pretraining" and fmt in ("supervised", "scratch")):
         return INPUT_NORMALIZATION["kinetics"]
     if how == "severe" and setup.task == "multilabel":
         return INPUT_NORMALIZATION["slowfast"]
+    if how == "severe" and setup.task == "counting" and fmt == "tclr":  # (SEVERE normalises its test inputs,
+        return INPUT_NORMALIZATION["raw"]                                # a mismatch not copied)
     return INPUT_NORMALIZATION["tclr" if fmt == "tclr" else "imagenet"]
 
 
@@ -1540,18 +1544,18 @@ class CountingHead(nn.Module):
         return self.cls(f).view(-1, 2, self.num_anchors), self.box(f).view(-1, 2, self.num_anchors)
 
 
-def crop_frames(frames, crop_size, train):
-    """uint8 (T, H, W, 3) -> (T, 3, S, S): as Clips, a random multi-scale crop + flip (train) or the
-    centre square (test), resized to crop_size."""
-    h, w = frames.shape[1:3]
-    if train:
-        side = int(min(h, w) * random.uniform(0.6, 1.0))
-        y, x = random.randint(0, h - side), random.randint(0, w - side)
-    else:
-        side = min(h, w)
-        y, x = (h - side) // 2, (w - side) // 2
-    clip = resized_crop(frames[None], (y, x, side, side), crop_size)[0]
-    return clip.flip(-1) if train and random.random() < 0.5 else clip
+def letterbox_frames(frames, size, flip=False):
+    """uint8 (T, H, W, 3) -> (T, 3, S, S) as SEVERE's counting code views a frame (Scale_longerside +
+    CenterCrop, train and test alike): the longer side resized to S keeping the aspect ratio, the whole
+    frame centred on black bars; `flip` mirrors it (training, p = 0.5). No crop, no colour jitter."""
+    t, h, w = frames.shape[:3]
+    nh, nw = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
+    view = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                         antialias=max(h, w) > size)
+    out = torch.zeros(t, 3, size, size, dtype=torch.uint8)
+    y, x = (size - nh) // 2, (size - nw) // 2
+    out[:, :, y:y + nh, x:x + nw] = view.round_().clamp_(0, 255).to(torch.uint8)
+    return out.flip(-1) if flip else out
 
 
 class RepetitionSamples(torch.utils.data.Dataset):
@@ -1609,7 +1613,8 @@ class RepetitionSamples(torch.utils.data.Dataset):
         frames = read_clip(path, (pos.clamp(0, span) + bounds[0] - 1).clamp(0, self._num_frames[path] - 1).long().numpy(),
                            self.short_side)
         cls, box = anchor_targets(torch.tensor([pre, nxt]), torch.tensor([h, h]))
-        return crop_frames(torch.from_numpy(frames), self.crop_size, train=True), (pos >= 0) & (pos <= span), cls, box
+        clip = letterbox_frames(torch.from_numpy(frames), self.crop_size, flip=random.random() < 0.5)
+        return clip, (pos >= 0) & (pos <= span), cls, box
 
     def __getitem__(self, item):
         """The one bad-file policy (common.video.read_or_replace): an unreadable video is reported,
@@ -1621,7 +1626,9 @@ class RepetitionSamples(torch.utils.data.Dataset):
 
 
 def counting_input(clips, valid, device, train, norm):
-    """to_input, with the padding frames set to 0 (the normalised mean): (N, 3, T, S, S)."""
+    """to_input (colour jitter only if `train`: --colour-jitter, off by the setup's preset as in SEVERE's
+    counting code), with the padding frames set to 0 (N, 3, T, S, S). 0 is the mean pixel once normalised
+    (SEVERE pads with the raw ImageNet means after normalising, a near-mean value; not copied)."""
     x = to_input(clips, device, train=train, norm=norm)
     return x * valid.to(device).flatten(0, -2)[:, None, :, None, None].to(x.dtype)
 
@@ -1703,11 +1710,11 @@ def count_repetitions(model, frames, device, norm, clip_len=32, batch_size=32, a
 
 
 def read_count_span(path, boundaries, short_side, crop_size):
-    """uint8 (L, 3, S, S): the centre-cropped frames from the first to the last boundary (1-based),
+    """uint8 (L, 3, S, S): the letterboxed frames from the first to the last boundary (1-based),
     cut at the end of the video when the annotation runs past it."""
     last = min(boundaries[-1], count_frames(path))
     frames = read_clip(path, np.arange(boundaries[0] - 1, last), short_side)
-    return crop_frames(torch.from_numpy(frames), crop_size, train=False)
+    return letterbox_frames(torch.from_numpy(frames), crop_size)
 
 
 def counting_data(args, d, num_synthetic=16, num_synthetic_test=4):
@@ -1769,7 +1776,7 @@ def run_counting(args, d, setup, out_dir, train, test, info, t_start, backbone, 
 
     def inputs(batch):
         clips, valid, cls_target, box_target, _ = batch
-        return (counting_input(clips, valid, d.device, train=True, norm=args.input_norm),
+        return (counting_input(clips, valid, d.device, train=args.colour_jitter, norm=args.input_norm),
                 (cls_target.to(d.device), box_target.to(d.device)))
 
     train_epochs(args, d, out_dir, model, sched, loader, inputs,

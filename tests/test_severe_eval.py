@@ -349,7 +349,9 @@ def test_per_method_configs_and_normalisation_as_severe_ran_them():
     assert norm("supervised", S["ucf101"]) == norm("scratch", S["ucf101"]) == norm("gdt", S["ucf101"]) == imagenet
     assert norm("supervised", S["ucf101"], "pretraining") == kinetics
     assert norm("gdt", S["charades"]) == norm("tclr", S["charades"]) == ((0.45,) * 3, (0.225,) * 3, True)
-    assert norm("tclr", S["ucf_rc"]) == ((0.0,) * 3, (1.0,) * 3, True)  # unnormalised BGR
+    assert norm("tclr", S["ucf101"]) == ((0.0,) * 3, (1.0,) * 3, True)  # unnormalised BGR (switch_channels)
+    # SEVERE's counting code reads RGB with PIL and leaves TCLR unnormalised: no channel switch there
+    assert norm("tclr", S["ucf_rc"]) == ((0.0,) * 3, (1.0,) * 3, False)
     assert norm("ours", S["ucf101"]) == norm("ours", S["charades"]) == kinetics
 
 
@@ -455,3 +457,18 @@ def test_epic_kitchens_segments_on_their_released_layout_end_to_end(tmp_path):
     r = result(out, "ek100")
     assert r["metric_name"] == "top1" and r["test_videos"] == 2 and 0 <= r["value"] <= 100
     assert "1 of 5 files are not on disk" in proc.stderr and "P09_01.MP4" in proc.stderr
+
+
+def test_counting_frames_are_letterboxed_as_severes_counting_code():
+    """Scale_longerside(112) + CenterCrop(112): the whole frame, its longer side 112, centred on black bars;
+    training adds only a flip (no crop, no colour jitter: the ucf_rc preset turns --colour-jitter off)."""
+    frames = torch.arange(4 * 8 * 3, dtype=torch.uint8).view(1, 4, 8, 3) + 1  # one 4 x 8 frame, no zero pixel
+    out = severe_eval.letterbox_frames(frames, 8)
+    assert out.shape == (1, 3, 8, 8)
+    assert (out[:, :, :2] == 0).all() and (out[:, :, 6:] == 0).all()  # bars above and below
+    assert torch.equal(out[0, :, 2:6], frames[0].permute(2, 0, 1))  # the whole frame, unscaled at 8 wide
+    assert torch.equal(severe_eval.letterbox_frames(frames, 8, flip=True), out.flip(-1))
+    tall = severe_eval.letterbox_frames(torch.full((2, 12, 6, 3), 200, dtype=torch.uint8), 4)  # 12 x 6 -> 4 x 2
+    assert (tall[:, :, :, 1:3] == 200).all() and (tall[:, :, :, 0] == 0).all() and (tall[:, :, :, 3] == 0).all()
+    assert severe_eval.parse_args(["--setup", "ucf_rc", "--data-root", "x"]).colour_jitter is False
+    assert severe_eval.parse_args(["--setup", "ucf_rc", "--data-root", "x", "--colour-jitter"]).colour_jitter is True
