@@ -60,9 +60,10 @@ CHOICES = dict(granularity={"combined": "video2clip"},
 
 
 def other_value(key, value):
-    """A command-line value unlike `value` (the preset's): (argv tokens, parsed value)."""
+    """A command-line value unlike `value` (the preset's): (argv tokens, parsed value); a boolean
+    (BooleanOptionalAction) is given as --KEY or --no-KEY, its tokens then hold the whole flag."""
     if isinstance(value, bool):
-        return None
+        return [("--no-" if value else "--") + key.replace("_", "-")], not value
     if key == "seeds":  # distill_modality's comma list
         return ["5"], [5]
     if key in ("batch_size", "queue_size"):  # doubled: the queue must stay a whole number of batches
@@ -84,21 +85,24 @@ def other_value(key, value):
 
 @pytest.mark.parametrize("script", list(TRIGGERS), ids=lambda m: m.__name__)
 def test_a_given_flag_wins_over_every_preset(script):
-    checked = 0
+    checked = booleans = 0
     for trigger in TRIGGERS[script]:
         base = script.parse_args(trigger)
         applied = {k for name, when, values in script.PRESETS if when(base) for k in values}
         assert base.presets, f"{trigger} switched no preset on"
         for key in sorted(applied - set(base.given_flags)):
             alt = other_value(key, getattr(base, key))
-            if alt is None:  # store_true flags cannot be given as False; the skeleton student's are fixed
-                assert isinstance(getattr(base, key), bool) or key in ("granularity", "finetune_layers"), key
+            if alt is None:  # the skeleton student's are fixed
+                assert key in ("granularity", "finetune_layers"), key
                 continue
             tokens, expected = alt
-            args = script.parse_args(trigger + ["--" + key.replace("_", "-"), *tokens])
+            flag = [] if isinstance(expected, bool) else ["--" + key.replace("_", "-")]
+            args = script.parse_args(trigger + flag + tokens)
             assert getattr(args, key) == expected, (script.__name__, trigger, key)
             checked += 1
+            booleans += isinstance(expected, bool)
     assert checked >= 5
+    assert booleans >= (1 if script is severe_eval else 0)  # --colour-jitter over the Charades / AoT / UCF-RC presets
 
 
 def test_help_lists_the_presets(capsys):
