@@ -42,9 +42,10 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from common.backbones import (KINETICS_MEAN, KINETICS_STD, STGCN, convert_hara_state_dict, encoder_state_dict,
                               is_hara_state_dict, load_encoder_weights, video_encoder)
-from common.engine import (Dist, Progress, add_common_args, append_jsonl, autocast, check_out_dir, check_resume_args,
-                           checkpoint_args, grad_scaler, float_in, int_at_least, load_checkpoint, optimizer_step,
-                           parse_with_presets, resume_training, save_atomic, save_epoch, seed_everything, unwrap)
+from common.engine import (Dist, HelpFormatter, Progress, add_common_args, append_jsonl, autocast, check_out_dir,
+                           check_resume_args, checkpoint_args, grad_scaler, float_in, int_at_least,
+                           load_checkpoint, optimizer_step, parse_with_presets, resume_training, save_atomic,
+                           save_epoch, seed_everything, unwrap)
 from common.skeleton import SkeletonDataset, ntu_split, parse_ntu_name, protocol_paths
 from common.video import (READ_ERRORS, BadVideoCounter, clip_indices, count_frames, drop_missing, read_clip,
                           read_or_replace, read_samples, uniform_starts)
@@ -1249,9 +1250,8 @@ def fuse(paths, out_dir):
 # (common/synthetic.py: actors filling about 70% of the frame's height, every class as likely mirrored,
 # so the thesis's corner crops and flips apply unchanged); these CPU-sized values replace the thesis's
 # defaults there unless the flag is given explicitly.
-# Teacher lr 0.01: about Hara et al.'s 0.1 x 8 / 128 (theirs is for batch 128); at 0.1 its batches of 8
-# diverged first (mean loss 36 in the first epoch, 6.8 at 0.01) and it learned less. The students keep
-# the thesis's lr 0.1: at 0.01 they learned too little in the preset's few steps (README).
+# Teacher lr 0.01: about Hara et al.'s 0.1 x 8 / 128 (theirs is for batch 128). The students keep the
+# thesis's lr 0.1 (with dampening 0.9 a step at 0.01 is a tenth of a plain-momentum one).
 SYNTHETIC_PRESET = dict(clip_len=8, short_side=72, crop_size=64, batch_size=8, teacher_lr=0.01, teacher_epochs=30,
                         finetune_epochs=60, per_class=3, workers=2, print_freq=10,
                         stgcn_width=0.25, skeleton_frames=64)
@@ -1284,7 +1284,7 @@ def parse_args(argv=None):
                     "(Sec 2.4.3) for the depth student; --target skeleton has its own, and without --data-root "
                     "(or the folder flags) the built-in synthetic paired dataset is used with CPU-sized values "
                     "(the presets below).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_common_args(parser, data_root="NTU RGB+D root holding nturgb+d_rgb, nturgb+d_depth_masked, nturgb+d_flow "
                                       "and nturgb+d_skeleton_npy/PROTOCOL; without it (and the folder flags) the "
                                       "built-in synthetic paired dataset is written (once) and used",

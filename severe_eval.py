@@ -39,9 +39,9 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, load_encoder_weights, video_encoder
-from common.engine import (Dist, Progress, add_common_args, apply_presets, autocast, float_in, grad_scaler,
-                           int_at_least, optimizer_step, parse_with_presets, resume_training, save_epoch,
-                           seed_everything, unwrap)
+from common.engine import (Dist, HelpFormatter, Progress, add_common_args, apply_presets, autocast, float_in,
+                           grad_scaler, int_at_least, optimizer_step, parse_with_presets, resume_training,
+                           save_epoch, seed_everything, unwrap)
 from common.skeleton import ntu_split, parse_ntu_name
 from common.synthetic import BACKGROUNDS, synthetic_repetition_videos, synthetic_video_dataset
 from common.video import (BadVideoCounter, VideoClipDataset, VideoReadError, count_frames, drop_missing,
@@ -1851,8 +1851,8 @@ def parse_args(argv=None):
         description="SEVERE benchmark (thesis Ch. 4): finetune or linear-probe an R(2+1)D-18 checkpoint "
                     "on a downstream setup; --summary prints Tables 4.4 / 5.8, 4.1, 4.2 from result files. The "
                     "defaults shown are --setup ucf101's; every setup's schedule is a preset (below).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser, lists=False)
+        formatter_class=HelpFormatter)
+    add_common_args(parser, lists=())
     g = parser.add_argument_group("SEVERE")
     g.add_argument("--setup", default="ucf101", choices=sorted(SETUPS) + ["all"],
                    help="downstream setup (Table 4.4 / 5.1); 'all' runs the eight SEVERE setups, each with its "

@@ -44,9 +44,10 @@ from torch import nn
 from torchvision.utils import draw_keypoints, save_image
 
 from common.backbones import AGCN, NTU_EDGES
-from common.engine import (Dist, Progress, add_common_args, autocast, grad_scaler, float_in, int_at_least,
-                           load_checkpoint, optimizer_step, parse_with_presets, resume_training, reuse_freed_cpu_memory,
-                           save_atomic, save_epoch, seconds_per_call, seed_everything, unwrap)
+from common.engine import (Dist, HelpFormatter, Progress, add_common_args, autocast, grad_scaler, float_in,
+                           int_at_least, load_checkpoint, optimizer_step, parse_with_presets, resume_training,
+                           reuse_freed_cpu_memory, save_atomic, save_epoch, seconds_per_call, seed_everything,
+                           unwrap)
 from common.moco import (batch_logits, batch_top1, check_queue_size, contrast_logits, encode_keys, encode_queries,
                          enqueue, global_keys, momentum_update)
 from common.skeleton import SkeletonDataset, prepare_ntu, prepare_pku_mmd, protocol_paths
@@ -732,7 +733,7 @@ def parse_args(argv=None):
                     "(thesis Ch. 3, App. A). Defaults are the thesis's (Sec 3.4.2, App. A.1); each --eval "
                     "protocol has its own, and without --data-root the built-in synthetic skeletons are "
                     "used with CPU-sized values (the presets below).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_common_args(parser, video=False,
                     data_root="protocol folder with {train,val}_data_joint.npy (N, 3, 300, 25, 2), "
                               "{train,val}_label.pkl and optionally {train,val}_num_frame.npy; without "

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import KINETICS_MEAN, KINETICS_STD, encoder_state_dict, video_encoder
-from common.engine import (Dist, Progress, add_common_args, autocast, check_finite, grad_scaler, float_in, int_at_least,
-                           parse_with_presets, resume_training, reuse_freed_cpu_memory, save_atomic, save_epoch,
-                           seconds_per_call, seed_everything, sync, unwrap)
+from common.engine import (Dist, HelpFormatter, Progress, add_common_args, autocast, check_finite, grad_scaler,
+                           float_in, int_at_least, parse_with_presets, resume_training, reuse_freed_cpu_memory,
+                           save_atomic, save_epoch, seconds_per_call, seed_everything, sync, unwrap)
 from common.moco import MoCo, batch_logits, batch_top1, check_queue_size, global_keys
 from common.synthetic import BACKGROUNDS, synthetic_video_dataset
 from common.video import VideoClipDataset, read_samples
@@ -639,8 +639,8 @@ def parse_args(argv=None):
         description="Tubelet-contrastive self-supervised pretraining (thesis Ch. 5). Defaults are the "
                     "thesis's (Sec 5.4.1). Without --data-root the built-in synthetic videos are used with "
                     "the CPU-sized preset below.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+        formatter_class=HelpFormatter)
+    add_common_args(parser, lists=("train",))  # pretraining has no validation list
     add_augmentation_args(parser)
     g = parser.add_argument_group("model and contrast (Sec 5.4.1)")
     g.add_argument("--backbone", default="r2plus1d_18", choices=["r2plus1d_18", "r3d_18", "r2plus1d_18_small"],

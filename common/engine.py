@@ -49,12 +49,19 @@ def float_in(low, high=math.inf, open_low=False):
     return parse
 
 
-def add_common_args(parser, video=True, lists=True, **help):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every flag's default, the value the run uses, except where it is None: such a flag
+    names an input or a mode that is off unless given, and its help says what happens without it."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def add_common_args(parser, video=True, lists=("train", "val"), **help):
     """The flags of every script. A script changes a default with `parser.set_defaults` before
     parsing (so --help shows it), sets defaults that depend on other flags with the presets of
     `parse_with_presets`, and words a flag's help its own way with help={dest: text} keywords.
-    video=False leaves out the list-file and clip flags (skeleton data); lists=False only the list-file
-    flags (for a script that reads each setup's official annotation files instead)."""
+    video=False leaves out the list-file and clip flags (skeleton data); lists names the list-file
+    flags the script reads (none for a script that reads each setup's official annotation files)."""
     g = parser.add_argument_group("data and run")
 
     def add(flag, **kwargs):
@@ -63,8 +70,9 @@ def add_common_args(parser, video=True, lists=True, **help):
 
     add("--data-root", default=None, help="folder the list files' paths are relative to; without it the built-in "
                                           "synthetic dataset is written (once) and used")
-    if video and lists:
+    if video and "train" in lists:
         add("--train-list", default=None, help="training list: 'path label' lines, or the Kinetics CSV")
+    if video and "val" in lists:
         add("--val-list", default=None, help="validation list, same format")
     add("--out-dir", default="runs/default", help="checkpoint.pt, log.jsonl and the result files are written here")
     add("--epochs", type=int_at_least(0), default=100, help="passes over the training list")

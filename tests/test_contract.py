@@ -112,6 +112,29 @@ def test_help_lists_the_presets(capsys):
     assert "presets (flags given on the command line win)" in out and "--queue-size 64" in out
 
 
+def help_text(script, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse's line wrapping undone
+
+
+@pytest.mark.parametrize("script", list(TRIGGERS), ids=lambda m: m.__name__)
+def test_help_shows_the_values_the_run_uses(script, capsys):
+    """--help shows every default but None (an input not given: its help says what happens then), and
+    lists no flag the script does not read."""
+    text = help_text(script, capsys)
+    assert "(default: " in text and "(default: None)" not in text
+    if script is tubelet_contrast:  # pretraining reads no validation list
+        assert "--train-list" in text and "--val-list" not in text
+    if script is distill_modality:  # issue 14, section 3
+        assert "backbone.pt" not in text and "--transfer-epochs TRANSFER_EPOCHS Sec 2.4.3 (skeleton preset: 120) " \
+            "(default: 400)" in text
+        assert "--val-list VAL_LIST --source kinetics: the teacher's held-out videos" in text
+        assert "--student-checkpoint STUDENT_CHECKPOINT --init transfer from this student.pt (default " \
+            "OUT_DIR/transfer/student.pt) --per-class" in text
+        assert distill_modality.parse_args(["--data-root", "x"]).transfer_epochs == 400
+
+
 def test_distill_epochs_sets_every_stage_over_the_preset():
     """The bug: --epochs 1 on the synthetic data trained the teacher 24 epochs and finetuned 60."""
     args = distill_modality.parse_args(["--epochs", "1"])
