@@ -562,7 +562,10 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
         root = video_root or ann_root
         split_dir = next((d for d in (("train",) if split == "train" else ("val", "validate"))
                           if os.path.isdir(os.path.join(root, d))), None)
-        samples = read_kinetics_csv(files[0], root, split_dir)[0]
+        try:
+            samples = read_kinetics_csv(files[0], root, split_dir)[0]
+        except ValueError as err:  # a malformed row ('file:line: ...'): one line, as every other reader's
+            raise AnnotationError(str(err)) from None
     elif s.dataset == "ntu60":
         samples = read_ntu60_rgb(video_root or ann_root, split)  # --print-split: the folder given
     elif s.dataset == "charades":
@@ -589,9 +592,10 @@ def setup_samples(setup_name, split, ann_root, subset_seed=99999, video_root=Non
     return samples
 
 
-def print_split(setup_name, split, ann_root, subset_seed=99999, subset_size=None):
-    """Print the relative video paths of a setup's split, one per line, in list order."""
-    for path, _, *segment in setup_samples(setup_name, split, ann_root, subset_seed, subset_size=subset_size):
+def print_split(setup_name, split, ann_root, subset_seed=99999, subset_size=None, video_root=None):
+    """Print the relative video paths of a setup's split, one per line, in list order: with video_root
+    (--data-root) the videos a run would use, those not on disk left out before the subset is drawn."""
+    for path, _, *segment in setup_samples(setup_name, split, ann_root, subset_seed, video_root, subset_size):
         print(path, *segment)
 
 
@@ -1884,7 +1888,8 @@ def parse_args(argv=None):
                         "B.13: 1,000 doubling to the full set); 0 = the whole training split. The 10^3 setups' "
                         "preset: 1000")
     g.add_argument("--print-split", choices=["train", "test"], default=None,
-                   help="print the setup's video paths of that split, one per line, and exit")
+                   help="print the setup's video paths of that split, one per line, and exit; with --data-root the "
+                        "videos the run would use (those not on disk left out before any subset is drawn)")
     g.add_argument("--summary", nargs="+", default=None, metavar="DIR",
                    help="print the markdown tables (Table 4.4 / 5.8, 4.1, 4.2, other setups) of all results JSON files "
                         "under these folders and exit")
@@ -2065,7 +2070,7 @@ def run_setup(args, d, setup_name, out_dir, sched, data, fmt, variant):
     if fmt != "scratch":
         info = load_pretrained(args.checkpoint, fmt, backbone)
         d.print(f"loaded {args.checkpoint} ({info['format']}, {variant}, sha256 {info['sha256'][:12]}...)")
-    info["backbone"] = variant
+    info["backbone"], info["train_videos"] = variant, len(train)
     args.input_norm = input_normalization(fmt, setup, args.normalization)
     if setup.task == "counting":
         return run_counting(args, d, setup, out_dir, train, test, info, time.time(), backbone, feature_dim)
@@ -2176,7 +2181,8 @@ def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
     name = args.name or (args.checkpoint if args.init == "pretrained" and args.checkpoint else "None (scratch)")
     record = dict(name=name, setup=setup_name, protocol=args.protocol, task=args.task, **result,
                   checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
-                  format=info.get("format"), backbone=info.get("backbone"), epochs=epochs,
+                  format=info.get("format"), backbone=info.get("backbone"), train_videos=info.get("train_videos"),
+                  epochs=epochs,
                   seconds=round(time.time() - t_start, 1), args=vars(args))
     if d.main:
         path = result_path(args, out_dir, setup_name)
@@ -2199,7 +2205,7 @@ def main(argv=None):
     flag, ann_root = ("--ann-root", args.ann_root) if args.ann_root else ("--data-root", args.data_root)
     try:  # a missing or malformed annotation file, or no video on disk: one line, before any training
         if args.print_split:
-            print_split(args.setup, args.print_split, ann_root, args.subset_seed, args.subset_size)
+            print_split(args.setup, args.print_split, ann_root, args.subset_seed, args.subset_size, args.data_root)
             return
         d = Dist(args.device)
         seed_everything(args.seed, d.rank)

@@ -382,6 +382,18 @@ def test_charades_views_are_slowfasts():
     assert min(sides) == 112 and max(sides) >= 145 and max(sides) <= 149  # 340 * 112 / U{256 .. 340}
 
 
+def test_sample_size_sweep_from_the_command_line(tmp_path):
+    """Fig. 4.3 / B.13: --subset-size N trains on N videos drawn per class (here 8 of 8 classes' 96), under
+    the linear probe too, and records the count; setups without classes refuse it before training."""
+    out = str(tmp_path / "n8")
+    run(["--setup", "ucf101", "--protocol", "linear", *TINY, "--subset-size", "8", "--out-dir", out])
+    assert result(out, "ucf101", "linear")["train_videos"] == 8
+    run(["--setup", "ucf101", *TINY, "--epochs", "0", "--out-dir", str(tmp_path / "all")])
+    assert result(str(tmp_path / "all"), "ucf101")["train_videos"] > 8
+    proc = run(["--setup", "ucf_rc", *TINY, "--subset-size", "8", "--out-dir", str(tmp_path / "rc")], check=False)
+    assert proc.returncode != 0 and "--subset-size: ucf_rc is not a classification setup" in proc.stderr
+
+
 def test_an_r3d_18_backbone_of_ours_builds_r3d_18(tmp_path):
     """Table C.2: `tubelet_contrast.py --backbone r3d_18` writes an R3D-18 backbone.pt; --format ours built
     R(2+1)D-18 for every file, and the strict load failed (104 of 120 keys)."""
@@ -394,6 +406,14 @@ def test_an_r3d_18_backbone_of_ours_builds_r3d_18(tmp_path):
     record = result(out, "ucf101")
     assert record["backbone"] == "r3d_18" and record["format"] == "ours"
     assert severe_eval.torchvision_architecture(r2plus1d_18().state_dict()) == "r2plus1d_18"
+    # --format auto (the default) finds the same: the network, and Table 5.8's low-shot schedule of ours
+    out = str(tmp_path / "auto")
+    run(["--setup", "ucf_1000", *TINY, "--epochs", "0", "--checkpoint", str(path), "--out-dir", out])
+    record = result(out, "ucf_1000")
+    assert record["backbone"] == "r3d_18" and record["format"] == "ours"
+    assert record["args"]["format"] == "ours"  # the synthetic sizes follow it, so the schedule is the preset's line
+    assert any(line.startswith("preset --format ours on ucf_1000") and "--milestones 80 130 160" in line
+               for line in record["args"]["presets"])
 
 
 def test_a_small_backbone_of_ours_builds_the_small_network(tmp_path):

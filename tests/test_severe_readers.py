@@ -410,7 +410,7 @@ def test_ssv2_sub_is_a_quarter_of_every_class_and_the_full_validation_set(tmp_pa
     assert capsys.readouterr().out.split() == [path for path, _ in sub]
 
 
-def test_ntu60_rgb_cross_subject_split_from_the_video_names(tmp_path):
+def test_ntu60_rgb_cross_subject_split_from_the_video_names(tmp_path, capsys):
     """Table 4.1's NTU-60: the released nturgb+d_rgb folder, names SsssCcccPpppRrrrAaaa_rgb.avi; cross-subject
     training subjects 1, 2, 4, 5, 8, ...; NTU-120's setups > 17 and actions > 60 are not NTU-60."""
     names = ["S001C001P001R001A001_rgb.avi", "S001C002P003R002A060_rgb.avi", "S017C003P002R001A010_rgb.avi",
@@ -425,9 +425,13 @@ def test_ntu60_rgb_cross_subject_split_from_the_video_names(tmp_path):
     assert (args.clip_len, args.epochs, args.milestones, args.batch_size) == (16, 180, [90, 140, 160], 64)
     with pytest.raises(FileNotFoundError, match="NTU-60: the split comes from the video names"):
         se.setup_samples("ntu60", "train", str(tmp_path / "nowhere"))
+    capsys.readouterr()  # --print-split with both roots lists the videos (it printed nothing: videos sought in ANN)
+    se.main(["--setup", "ntu60", "--print-split", "test", "--ann-root", str(tmp_path / "ann"), "--data-root",
+             str(tmp_path)])
+    assert capsys.readouterr().out.split() == ["S001C002P003R002A060_rgb.avi"]
 
 
-def test_kinetics_400_linear_evaluation_setup(tmp_path):
+def test_kinetics_400_linear_evaluation_setup(tmp_path, capsys):
     """Table 4.1's K-400 linear evaluation on the official CSVs ('label,youtube_id,time_start,time_end,split');
     Table B.2 has no finetuning protocol for it, so --protocol finetune is refused."""
     ann = tmp_path / "ann" / "kinetics400"
@@ -449,6 +453,15 @@ def test_kinetics_400_linear_evaluation_setup(tmp_path):
     assert (linear.epochs, linear.milestones, linear.batch_size, linear.clip_len) == (40, [10, 20, 30], 64, 16)
     with pytest.raises(SystemExit, match="linearly only; add --protocol linear"):
         se.schedule(se.parse_args(["--setup", "k400", "--data-root", "x"]), se.SETUPS["k400"])
+    capsys.readouterr()  # --print-split: the videos on disk under --data-root, the CSV under --ann-root
+    se.main(["--setup", "k400", "--print-split", "train", "--ann-root", str(tmp_path / "ann"), "--data-root",
+             str(videos)])
+    assert [os.path.basename(p) for p in capsys.readouterr().out.split()] == ["aaa_000010_000020.mp4",
+                                                                            "bbb_000000_000010.mp4"]
+    (ann / "train.csv").write_text(header + "abseiling,aaa,ten,20,train\n")  # malformed: file:line, no traceback
+    with pytest.raises(SystemExit, match=r"train.csv:2: bad Kinetics row .* \(--ann-root "):
+        se.main(["--setup", "k400", "--protocol", "linear", "--print-split", "train", "--ann-root",
+                 str(tmp_path / "ann"), "--data-root", str(videos)])
 
 
 EPIC_HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
