@@ -559,8 +559,9 @@ class SkeletonContrast(nn.Module):
 
     The key encoders follow their query encoders by momentum (theta_k <- m theta_k + (1-m) theta_q)
     on the real parameters, and the queues are filled with the keys of all processes, so the model
-    behaves the same on one GPU and under torchrun. (The authors' DataParallel code creates the
-    key encoders per replica; here there is one copy, updated every step.)
+    behaves the same on one GPU and under torchrun. (The authors' code updated the key encoders
+    inside the forward of DataParallel replicas, which may not have moved them at all (README); here
+    there is one copy, updated every step.)
     """
 
     def __init__(self, reprs, width=1.0, dim=128, queue_size=16384, momentum=0.999, temperature=0.07,

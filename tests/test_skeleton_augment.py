@@ -1,8 +1,9 @@
 """Tests of the skeleton augmentations of skeleton_contrast.py (thesis Sec 3.3.1, Eq. 3.1-3.4, App. A.1)."""
 import argparse
+import warnings
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -265,7 +266,9 @@ def test_query_and_key_views_differ():
 
 def test_save_examples_writes_stick_figures(tmp_path):
     x, n = sc.random_skeletons(3, "cpu")
-    path = sc.save_examples(x, n, make_args(), str(tmp_path / "examples.png"), count=3, frames=2, size=40)
+    with warnings.catch_warnings():  # torchvision.io.write_png is deprecated (0.29) and warned: not used
+        warnings.simplefilter("error")
+        path = sc.save_examples(x, n, make_args(), str(tmp_path / "examples.png"), count=3, frames=2, size=40)
     img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
     pad, size = 4, 40
     assert img.shape == (3, pad + 3 * (size + pad), pad + 6 * (size + pad))
