@@ -208,23 +208,25 @@ def test_missing_files_are_dropped_and_reported_once(tmp_path, capsys):
         drop_missing([(str(tmp_path / "zz.avi"), 0)], "list.txt")
 
 
-def _ucf101_miniature(root, ann, train_videos=32, test_videos=26, missing=4):
+def _ucf101_miniature(root, ann, train_videos=32, test_videos=26, missing=4, train_classes=2):
     """The official UCF101 split files (../shared) and the first videos of two classes of each split
-    written as tiny .avi files in the released <Class>/v_<Class>_gXX_cYY.avi layout: `missing` test
-    videos not on disk and one truncated. The other ~13,000 listed videos are missing as well."""
+    (`train_classes` in the training split) written as tiny .avi files in the released
+    <Class>/v_<Class>_gXX_cYY.avi layout: `missing` test videos not on disk and one truncated. The
+    other ~13,000 listed videos are missing as well."""
     os.makedirs(ann / "ucf101")
     for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt"):
         src = os.path.join(ANNOTATIONS, "ucf101", name)
         (ann / "ucf101" / name).write_bytes(open(src, "rb").read())
 
-    def listed(name, count):
+    def listed(name, count, classes=2):
         lines = [l.split()[0] for l in open(os.path.join(ANNOTATIONS, "ucf101", name)) if l.strip()]
-        first, second = [l for l in lines if l.startswith("ApplyEyeMakeup/")], [l for l in lines if l.startswith("ApplyLipstick/")]
-        return first[:count // 2] + second[:count - count // 2]
+        names = [l.split()[1] for l in open(os.path.join(ANNOTATIONS, "ucf101", "classInd.txt")) if l.strip()]
+        return [l for c, name in enumerate(names[:classes])
+                for l in [l for l in lines if l.startswith(name + "/")][:count // classes + (c < count % classes)]]
 
     rng = np.random.default_rng(0)
     written = []
-    for k, rel in enumerate(listed("trainlist01.txt", train_videos) + listed("testlist01.txt", test_videos)[missing:]):
+    for k, rel in enumerate(listed("trainlist01.txt", train_videos, train_classes) + listed("testlist01.txt", test_videos)[missing:]):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         frames = rng.integers(0, 255, (12, 32, 40, 3), dtype=np.uint8)
@@ -238,24 +240,27 @@ def _ucf101_miniature(root, ann, train_videos=32, test_videos=26, missing=4):
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ANNOTATIONS, "ucf101")), reason="needs ../shared annotations")
 def test_severe_readme_command_on_a_ucf101_miniature(tmp_path):
-    """The README's UCF101 command (no --batch-size: the setup's 32), only size flags added, on the
-    real split files with videos missing and one truncated: it trains, evaluates and writes results."""
+    """The README's Table 4.4 / 5.8 command for UCF (10^3) ("${CK[@]}" --amp, no --batch-size: the setup's
+    32), only size flags added, on the real split files with videos missing and one truncated: the 10^3
+    subset is drawn from the videos on disk, it trains, evaluates and writes its result file."""
     root, ann = tmp_path / "ucf101", tmp_path / "annotations"
-    missing, truncated = _ucf101_miniature(root, ann)
-    out = tmp_path / "run"
-    proc = run("severe_eval.py", ["--setup", "ucf101", "--data-root", str(root), "--ann-root", str(ann),
-                                  "--out-dir", str(out), "--epochs", "1", "--clip-len", "4", "--crop-size", "32",
-                                  "--num-test-clips", "2", "--workers", "0", "--device", "cpu"])
+    missing, truncated = _ucf101_miniature(root, ann, train_videos=48, train_classes=4)
+    backbone = tmp_path / "tc_k400" / "backbone.pt"  # a backbone.pt of tubelet_contrast.py (R(2+1)D-18, no fc)
+    backbone.parent.mkdir()
+    torch.save({k: v for k, v in torchvision.models.video.r2plus1d_18().state_dict().items()
+                if not k.startswith("fc.")}, backbone)
+    command = ["--setup", "ucf_1000", "--data-root", str(root), "--ann-root", str(ann), "--checkpoint", str(backbone),
+               "--format", "ours", "--name", "Tubelet contrast", "--amp", "--out-dir", str(tmp_path / "run"),
+               "--epochs", "1", "--clip-len", "4", "--crop-size", "32"]
+    proc = run("severe_eval.py", command)
     assert "test split" in proc.stderr and missing[0] in proc.stderr  # dropped when the list was read
     assert f"skipping unreadable video {truncated}" in proc.stderr
-    r = json.load(open(out / "results_ucf101_finetune.json"))
+    r = json.load(open(tmp_path / "run" / "results_ucf_1000_finetune.json"))
+    assert r["train_videos"] == 40  # 10 per class (ceil(1000 / 101)) of the 4 classes on disk, not 0 or 1,010
     assert r["test_videos_listed"] == 22 and r["unreadable_test_videos"] == 1 and r["test_videos"] == 21
-    assert r["args"]["batch_size"] == 32 and r["epochs"] == 1
+    assert r["args"]["batch_size"] == 32 and r["epochs"] == 1 and r["name"] == "Tubelet contrast"
     # resuming with another method flag is refused before any training; another --workers resumes
-    refused = run("severe_eval.py", ["--setup", "ucf101", "--data-root", str(root), "--ann-root", str(ann),
-                                     "--out-dir", str(out), "--epochs", "1", "--clip-len", "4", "--crop-size", "32",
-                                     "--num-test-clips", "2", "--workers", "0", "--device", "cpu", "--lr", "0.1",
-                                     "--resume", "auto"], check=False)
+    refused = run("severe_eval.py", [*command, "--lr", "0.1", "--resume", "auto"], check=False)
     assert refused.returncode != 0 and "--lr 0.0001 there, 0.1 now" in refused.stderr
 
 
@@ -310,9 +315,10 @@ def test_distill_clips_replace_a_truncated_video_in_training_and_leave_it_out_in
 
 
 def test_tubelet_readme_command_on_a_kinetics_csv_miniature(tmp_path, capfd):
-    """The README's Mini-Kinetics command (batch 32, queue 16,384) with only size flags added, on the
-    official Kinetics-400 CSV layout: <label>/<youtube_id>_<start>_<end>.mp4, two listed videos
-    not downloaded and one truncated."""
+    """The README's Mini-Kinetics command (batch 32, queue 16,384, --workers 8 --amp) with only size
+    flags added, on the official Kinetics-400 CSV layout (the list of the README's Kinetics-400
+    command, whose batch of 128 would need four times the videos): <label>/<youtube_id>_<start>_<end>.mp4,
+    two listed videos not downloaded and one truncated."""
     from common.synthetic import write_mp4
     root = tmp_path / "kinetics"
     rows, rng = [], np.random.default_rng(0)
@@ -331,8 +337,8 @@ def test_tubelet_readme_command_on_a_kinetics_csv_miniature(tmp_path, capfd):
     csv.write_text("label,youtube_id,time_start,time_end,split\n" + "\n".join(rows) + "\n")
     out = tmp_path / "run"
     proc = run("tubelet_contrast.py", ["--data-root", str(root), "--train-list", str(csv), "--batch-size", "32",
-                                       "--queue-size", "16384", "--out-dir", str(out), "--epochs", "1",
-                                       "--clip-len", "4", "--crop-size", "32", "--workers", "0", "--device", "cpu"])
+                                       "--queue-size", "16384", "--workers", "8", "--amp", "--out-dir", str(out),
+                                       "--epochs", "1", "--clip-len", "4", "--crop-size", "32"])
     assert "2 of 34 videos not found" in proc.stderr and f"skipping unreadable video {truncated}" in proc.stderr
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(log) == 1 and log[0]["bad_videos"] >= 1 and np.isfinite(log[0]["loss"])
@@ -360,8 +366,9 @@ def test_skeleton_readme_commands_on_raw_ntu_skeleton_files(tmp_path):
     assert "1 with missing skeletons skipped" in prep.stderr
     assert "skipping unreadable skeleton file S001C003P003R002A001.skeleton" in prep.stderr
     out = tmp_path / "runs" / "ntu60_xview"
-    size = ["--epochs", "1", "--width", "0.125", "--frames", "32", "--workers", "0", "--device", "cpu"]
-    run("skeleton_contrast.py", ["--data-root", str(data), "--amp", "--out-dir", str(out), *size])
+    size = ["--epochs", "1", "--frames", "32"]  # --frames: the skeleton scripts' --clip-len
+    run("skeleton_contrast.py", ["--data-root", str(data), "--workers", "8", "--amp", "--out-dir", str(out),
+                                 *size, "--width", "0.125"])
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["args"]["batch_size"] == 64 and ckpt["args"]["queue_size"] == 16384
     proc = run("skeleton_contrast.py", ["--data-root", str(data), "--eval", "linear", "--checkpoint",

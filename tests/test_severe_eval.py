@@ -154,6 +154,8 @@ def test_torchrun_two_processes(tmp_path):
          "severe_eval.py", "--setup", "ucf101", *TINY, "--batch-size", "2", "--out-dir", out],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # --batch-size is the global batch: the thesis's batch and lr on any number of GPUs (it was 2 x 2)
+    assert "(batch 1 per process x 2)" in proc.stdout and r"batch_size=2," in proc.stdout
     r = result(out, "ucf101")
     assert r["test_videos"] == r["test_videos_listed"]  # predictions of both ranks gathered, no repeats
 
