@@ -1875,7 +1875,9 @@ def parse_args(argv=None):
     g.add_argument("--format", default="auto", help="checkpoint layout: " + ", ".join(CHECKPOINT_FORMATS) +
                    " (auto guesses from the keys). Old pickles that weights_only=True cannot open are "
                    "opened with torch.load(weights_only=False), which runs pickle code: use trusted files")
-    g.add_argument("--init", default="pretrained", choices=["pretrained", "scratch"])
+    g.add_argument("--init", default="pretrained", choices=["pretrained", "scratch"],
+                   help="pretrained: the weights of --checkpoint; scratch: random weights (SEVERE's *_scratch "
+                        "configs). Without --checkpoint the run is a scratch run and is recorded as one")
     g.add_argument("--name", default=None, help="row label in --summary tables (default: the checkpoint path)")
     g.add_argument("--ann-root", default=None, help="annotation files; default: inside --data-root")
     g.add_argument("--dataset-root", nargs="+", default=[], metavar="DATASET=DIR",
@@ -1942,6 +1944,10 @@ def parse_args(argv=None):
         parser.error(f"--test-spatial-crops {args.test_spatial_crops} must be at least 1")
     if args.video_fps < 0:
         parser.error(f"--video-fps {args.video_fps}: give a frame rate, or 0 for consecutive native frames")
+    if args.init == "pretrained" and not args.checkpoint:
+        if "init" in args.given_flags:
+            parser.error("--init pretrained needs --checkpoint (the weights to finetune)")
+        args.init = "scratch"  # no weights given: recorded as what it is (the scratch presets apply either way)
     return args
 
 
@@ -2033,7 +2039,7 @@ def prepare_setup(args, d, setup_name):
     if args.subset_size and setup.task != "recognition" and "subset_size" in args.given_flags:
         raise SystemExit(f"--subset-size: {setup_name} is not a classification setup; subsets are drawn per class")
     fmt, variant = "scratch", backbone_variant("scratch")
-    if args.init == "pretrained" and args.checkpoint:  # the layout decides the network (TCLR's layer4)
+    if args.init == "pretrained":  # the layout decides the network (TCLR's layer4)
         if not os.path.isfile(args.checkpoint):
             raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
         raw = read_checkpoint(args.checkpoint) if args.format in ("auto", "ours", "supervised") else None
@@ -2178,7 +2184,7 @@ def check_result_file(args, out_dir, setup_name):
 
 def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
     """Prints the result and writes OUT_DIR/results_<setup>_<protocol or task>.json (rank 0)."""
-    name = args.name or (args.checkpoint if args.init == "pretrained" and args.checkpoint else "None (scratch)")
+    name = args.name or (args.checkpoint if args.init == "pretrained" else "None (scratch)")
     record = dict(name=name, setup=setup_name, protocol=args.protocol, task=args.task, **result,
                   checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
                   format=info.get("format"), backbone=info.get("backbone"), train_videos=info.get("train_videos"),

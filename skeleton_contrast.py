@@ -841,6 +841,10 @@ def parse_args(argv=None):
     if args.eval and args.init == "pretrained" and not args.checkpoint:
         parser.error(f"--eval {args.eval} needs --checkpoint (the pretraining checkpoint.pt), or "
                      f"--init scratch")
+    encoder_flags = [d for d in ("width", "bigru") if d in args.given_flags]
+    if args.eval and args.init == "pretrained" and encoder_flags:
+        parser.error(f"--{encoder_flags[0]}: the encoders of --eval {args.eval} are built as --checkpoint "
+                     f"holds them; the flag only shapes pretraining and --init scratch")
     if args.eval == "knn" and args.init == "scratch":
         parser.error("--eval knn needs pretrained features: drop --init scratch")
     if args.jitter_joints > 25:

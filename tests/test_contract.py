@@ -97,6 +97,10 @@ def test_a_given_flag_wins_over_every_preset(script):
                 continue
             tokens, expected = alt
             flag = [] if isinstance(expected, bool) else ["--" + key.replace("_", "-")]
+            if script is skeleton_contrast and "--checkpoint" in trigger and key in ("width", "bigru"):
+                with pytest.raises(SystemExit):  # the checkpoint's encoders are built as it holds them
+                    script.parse_args(trigger + flag + tokens)
+                continue
             args = script.parse_args(trigger + flag + tokens)
             assert getattr(args, key) == expected, (script.__name__, trigger, key)
             checked += 1
@@ -143,6 +147,16 @@ def test_distill_epochs_sets_every_stage_over_the_preset():
     assert (args.teacher_epochs, args.transfer_epochs, args.finetune_epochs) == (1, 1, 3)
     args = distill_modality.parse_args(["--target", "skeleton", "--data-root", "x"])  # Sec 2.4.3, no None left
     assert (args.batch_size, args.transfer_epochs, args.finetune_epochs, args.weight_decay) == (100, 120, 70, 1e-5)
+
+
+def test_severe_without_a_checkpoint_is_recorded_as_the_scratch_run_it_is(capsys):
+    """--init pretrained (the default) without --checkpoint trained from random weights and wrote
+    init: pretrained into its result file."""
+    assert severe_eval.parse_args(["--setup", "ucf101", "--data-root", "x"]).init == "scratch"
+    assert severe_eval.parse_args(["--setup", "ucf101", "--checkpoint", "c.pt"]).init == "pretrained"
+    with pytest.raises(SystemExit):
+        severe_eval.parse_args(["--setup", "ucf101", "--init", "pretrained"])
+    assert "--init pretrained needs --checkpoint" in capsys.readouterr().err
 
 
 def test_no_default_is_left_none_for_the_schedule():
@@ -451,6 +465,8 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         (skeleton_contrast, ["--center-crop", "0.8"], "--center-crop is a flag of the downstream protocols"),
         (skeleton_contrast, ["--downstream-l-min", "0.5"], "--downstream-l-min is a flag of the downstream protocols"),
         (skeleton_contrast, ["--width", "-1"], r"argument --width: -1 is not in \(0, inf\)"),
+        (skeleton_contrast, ["--eval", "linear", "--checkpoint", "c.pt", "--width", "0.25"],
+         "--width: the encoders of --eval linear are built as --checkpoint holds them"),  # it was ignored
         (skeleton_contrast, ["--center-crop", "0"], r"argument --center-crop: 0 is not in \(0, 1\]"),
         (severe_eval, ["--setup", "ucf101", "--weight-decay", "-1"], r"argument --weight-decay: -1 is not in"),
         (severe_eval, ["--setup", "ucf101", "--dropout", "2"], r"argument --dropout: 2 is not in \[0, 1\]"),

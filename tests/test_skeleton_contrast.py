@@ -21,6 +21,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny everything: 16-frame views, encoders at 1/16 width, batch 8, a 24-key queue.
 TINY = ["--frames", "16", "--width", "0.0625", "--batch-size", "8", "--queue-size", "24",
         "--workers", "0", "--print-freq", "1", "--device", "cpu"]
+# --eval with a --checkpoint builds the encoders the checkpoint holds, and refuses --width
+EVAL = ["--frames", "16", "--batch-size", "8", "--queue-size", "24", "--workers", "0", "--print-freq", "1",
+        "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -189,17 +192,17 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
     for name, extra in [("linear", few), ("knn", []), ("semi", [*few, "--label-fraction", "0.25", "--repeats", "2"]),
                         ("finetune", few), ("transfer", [*few, "--transfer-data-root", skeletons["root"]]),
                         ("linear", [*few, "--downstream-reprs", "seq,stg"])]:
-        proc = run([*TINY, *data, "--eval", name, *ckpt_flag, *extra, "--out-dir", out])
+        proc = run([*EVAL, *data, "--eval", name, *ckpt_flag, *extra, "--out-dir", out])
         assert f"{name} top-1:" in proc.stdout, proc.stdout
     last = json.load(open(os.path.join(out, "eval_linear_seq.json")))
     assert last["selected_on_test"] is False and last["epochs_read"] == [1]  # the last of 2 epochs
-    run([*TINY, *data, "--eval", "linear", *ckpt_flag, *few, "--select-on-test", "--out-dir", out])
+    run([*EVAL, *data, "--eval", "linear", *ckpt_flag, *few, "--select-on-test", "--out-dir", out])
     best = json.load(open(os.path.join(out, "eval_linear_seq_best.json")))  # beside the last epoch's, not over it
     assert best["selected_on_test"] is True and best["epochs_read"][0] in (0, 1)
     assert json.load(open(os.path.join(out, "eval_linear_seq.json")))["selected_on_test"] is False
     other = str(tmp_path / "other.pt")  # another checkpoint's result would overwrite this one's: refused first
     shutil.copy(os.path.join(out, "checkpoint.pt"), other)
-    proc = run([*TINY, *data, "--eval", "linear", "--checkpoint", other, *few, "--out-dir", out], check=False)
+    proc = run([*EVAL, *data, "--eval", "linear", "--checkpoint", other, *few, "--out-dir", out], check=False)
     assert proc.returncode != 0 and "give another --out-dir" in proc.stderr and "epoch 0" not in proc.stdout
     result = json.load(open(os.path.join(out, "eval_semi_0.25_seq.json")))
     assert len(result["runs"]) == 2 and all(0 <= r <= 100 for r in result["runs"])
@@ -209,7 +212,7 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
     assert set(linear["parameters"]) == {"seq", "stg"} and all(n > 0 for n in linear["parameters"].values())
 
     # a representation that was not pretrained cannot be evaluated (Table 3.6)
-    proc = run([*TINY, *data, "--eval", "linear", *ckpt_flag, "--downstream-reprs", "img", "--out-dir", out],
+    proc = run([*EVAL, *data, "--eval", "linear", *ckpt_flag, "--downstream-reprs", "img", "--out-dir", out],
                check=False)
     assert proc.returncode != 0 and "img was not pretrained" in proc.stdout + proc.stderr
     # a checkpoint that lacks a weight of the encoder is refused, naming the key
@@ -218,7 +221,7 @@ def test_pretrain_resume_and_every_eval(skeletons, tmp_path):
     del state["model"][dropped]
     bad = str(tmp_path / "bad.pt")
     torch.save(state, bad)
-    proc = run([*TINY, *data, "--eval", "linear", "--checkpoint", bad, "--out-dir", out], check=False)
+    proc = run([*EVAL, *data, "--eval", "linear", "--checkpoint", bad, "--out-dir", out], check=False)
     assert proc.returncode != 0 and "does not match" in proc.stderr
     assert dropped[len("encoder_q.seq.backbone."):] in proc.stderr
 
