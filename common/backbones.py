@@ -1,4 +1,5 @@
-"""Video encoders from torchvision, without their classification layer.
+"""The encoders the scripts share, without their classification layer: torchvision's video ResNets
+and the skeleton graph networks.
 
 The thesis uses R(2+1)D-18 (Ch. 4, 5), R3D-18 (App. C.2) and Hara et al.'s 3D-ResNet-18 (Ch. 2). The
 first two are not re-implemented: the encoders here *are* `torchvision.models.video.r2plus1d_18` /

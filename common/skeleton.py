@@ -504,7 +504,7 @@ def _name_list(file_name):
 # ============ writing the shared format ============
 
 @contextlib.contextmanager
-def _parallel_map(workers, chunksize=1):
+def parallel_map(workers, chunksize=1):
     """An ordered map over a pool of `workers` processes (None: up to 8), or in this process (0);
     the workers are terminated on leaving, errors included."""
     if workers is None:
@@ -516,7 +516,7 @@ def _parallel_map(workers, chunksize=1):
         yield functools.partial(pool.imap, chunksize=chunksize)
 
 
-def _write_split(out_dir, split, names, labels, results, max_frames, num_bodies=MAX_BODIES, drop_empty=False):
+def write_split(out_dir, split, names, labels, results, max_frames, num_bodies=MAX_BODIES, drop_empty=False):
     """Writes {split}_data_joint.npy, _label.pkl and _num_frame.npy from per-sample results.
 
     `results` yields (array (3, max_frames, 25, num_bodies), num_valid_frames) in the order of
@@ -625,11 +625,11 @@ def prepare_ntu(skeleton_dir, out_dir, benchmark, dataset="ntu60", workers=None,
           f"val samples; {skipped} with missing skeletons skipped", file=sys.stderr)
     os.makedirs(out_dir, exist_ok=True)
     counts = {}
-    with _parallel_map(workers, chunksize=16) as imap:
+    with parallel_map(workers, chunksize=16) as imap:
         for split, names in split_names.items():
             labels = [parse_ntu_name(n)["action"] - 1 for n in names]
             jobs = [(files[n], max_frames, normalize) for n in names]
-            counts[split] = _write_split(out_dir, split, names, labels, imap(_ntu_sample, jobs), max_frames)
+            counts[split] = write_split(out_dir, split, names, labels, imap(_ntu_sample, jobs), max_frames)
     listed = sum(map(len, split_names.values()))
     bad = listed - sum(counts.values())
     if bad > max_bad_fraction * listed:
@@ -746,7 +746,7 @@ def _pku_video(job):
 
 
 def _pku_samples(jobs, videos, unreadable):
-    """The samples of every video in order (streamed to _write_split); appends unreadable files' paths."""
+    """The samples of every video in order (streamed to write_split); appends unreadable files' paths."""
     for job, samples in zip(jobs, videos):
         if samples and samples[0][0] is None:
             unreadable.append(job[0])
@@ -780,7 +780,7 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
     split_videos = dict(zip(SPLITS, read_pku_split(split_file)))
     os.makedirs(out_dir, exist_ok=True)
     counts, listed, unreadable = {}, 0, []
-    with _parallel_map(workers) as imap:
+    with parallel_map(workers) as imap:
         for split, videos in split_videos.items():
             jobs, names, labels, absent = [], [], [], []
             for video in videos:
@@ -803,7 +803,7 @@ def prepare_pku_mmd(skeleton_dir, label_dir, split_file, out_dir, phase=1, worke
                                         f"{skeleton_dir} and {label_dir}")
             listed += len(jobs)
             results = _pku_samples(jobs, imap(_pku_video, jobs), unreadable)
-            counts[split] = _write_split(out_dir, split, names, labels, results, max_frames, drop_empty=True)
+            counts[split] = write_split(out_dir, split, names, labels, results, max_frames, drop_empty=True)
     if len(unreadable) > max_bad_fraction * listed:
         raise RuntimeError(f"{len(unreadable)} of {listed} PKU-MMD skeleton files could not be read (more than "
                            f"{max_bad_fraction:.0%}; first: {unreadable[0]})")

@@ -1,6 +1,6 @@
-"""A built-in synthetic video dataset, written in the real on-disk formats.
+"""The built-in synthetic worlds, each written in the real on-disk format of the data it stands for.
 
-Each class is a motion pattern; one or two textured objects move that way over a static textured
+Videos (synthetic_video_dataset): each class is a motion pattern; one or two textured objects move that way over a static textured
 background. Object shapes, textures, colours, sizes, positions and backgrounds are random per
 video and independent of the class, so only the motion tells classes apart: a tiny stand-in for
 the motion-sensitive benchmarks of the thesis, for tests and quick runs without downloads.
@@ -27,7 +27,7 @@ import zlib
 import av
 import numpy as np
 
-from common.skeleton import MAX_FRAMES, _parallel_map, _write_split, normalize_skeleton, ntu_split, protocol_paths
+from common.skeleton import MAX_FRAMES, normalize_skeleton, ntu_split, parallel_map, protocol_paths, write_split
 
 # Class index = position here. Image coordinates: x right, y down, so an angle increasing over
 # time turns clockwise on screen.
@@ -578,7 +578,7 @@ def synthetic_skeleton_dataset(root=None, num_classes=8, per_class_train=40, per
             labels = [label for label, _, _ in jobs]
             results = (_skeleton_sample(action, np.random.default_rng([seed, label, k]), frames)
                        for label, action, k in jobs)  # one generator per sample
-            _write_split(tmp, split, names, labels, results, MAX_FRAMES)
+            write_split(tmp, split, names, labels, results, MAX_FRAMES)
 
     _write_once(root, config, classes, write)
     return dict(root=root, train=protocol_paths(root, "train"), val=protocol_paths(root, "val"),
@@ -937,12 +937,12 @@ def synthetic_paired_dataset(root=None, target_actions=6, source_actions=4, subj
                  replication)
                 for label, (number, action) in enumerate(target + source)
                 for subject in range(1, subjects + 1) for replication in range(1, replications + 1)]
-        with _parallel_map(workers) as imap:
+        with parallel_map(workers) as imap:
             done = list(imap(_paired_performance, jobs))
         skeletons = sorted((sample for samples in done for sample in samples), key=lambda x: x[0])
         for split in ("train", "val"):
             samples = [x for x in skeletons if ntu_split(x[0], "xview") == split]
-            _write_split(os.path.join(tmp, "nturgb+d_skeleton_npy", "xview"), split,
+            write_split(os.path.join(tmp, "nturgb+d_skeleton_npy", "xview"), split,
                          [x[0] for x in samples], [x[1] for x in samples],
                          (_pad_frames(x[2]) for x in samples), MAX_FRAMES)
 

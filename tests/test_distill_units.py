@@ -349,7 +349,7 @@ def test_corner_crop_is_one_of_hara_et_als_crops_flipped_with_p_one_half():
 
 
 def test_skeleton_frames_keeps_the_first_frames_and_refuses_to_cut_a_sequence(tmp_path):
-    from common.skeleton import _write_split
+    from common.skeleton import write_split
     rng = np.random.default_rng(0)
     lengths = [5, 9, 7]
     samples = []
@@ -358,7 +358,7 @@ def test_skeleton_frames_keeps_the_first_frames_and_refuses_to_cut_a_sequence(tm
         x[:, :n] = rng.normal(size=(3, n, 25, 2))
         samples.append((x, n))
     names = ["S001C002P001R001A001", "S001C002P002R001A002", "S001C003P001R001A003"]
-    _write_split(str(tmp_path), "train", names, [0, 1, 2], iter(samples), 300)
+    write_split(str(tmp_path), "train", names, [0, 1, 2], iter(samples), 300)
 
     args = argparse.Namespace(target="skeleton", skeleton_dir=str(tmp_path), skeleton_frames=12)
     dataset, labels, keys = dm.labeled_data(args, "train")
