@@ -1395,6 +1395,10 @@ def parse_args(argv=None):
         parser.error("--finetune-layers last freezes ResNet blocks: the skeleton student (ST-GCN) trains every layer")
     if args.match_layers == "all" and args.target != "depth":
         parser.error("--match-layers all matches ResNet blocks: it needs --target depth")
+    lists = [flag for flag in ("train_list", "val_list", "source_root") if flag in args.given_flags]
+    if lists and args.source != "kinetics":
+        parser.error(f"--{lists[0].replace('_', '-')} names the Kinetics teacher's data: it needs --source kinetics "
+                     f"(the NTU teacher's videos come from --data-root or --source-rgb-dir / --source-flow-dir)")
     if args.stage == "all" and args.resume not in ("", "auto"):
         parser.error("--stage all resumes with --resume auto; give a checkpoint path only with a single stage")
     try:

@@ -471,6 +471,8 @@ def test_bad_values_and_files_are_refused_with_one_line(tmp_path):
         (severe_eval, ["--setup", "ucf101", "--weight-decay", "-1"], r"argument --weight-decay: -1 is not in"),
         (severe_eval, ["--setup", "ucf101", "--dropout", "2"], r"argument --dropout: 2 is not in \[0, 1\]"),
         (distill_modality, ["--dampening", "2"], r"argument --dampening: 2 is not in \[0, 1\]"),
+        (distill_modality, ["--train-list", "k400.csv"], "--train-list names the Kinetics teacher's data: it needs "
+         "--source kinetics"),  # it was ignored, and the NTU teacher trained
         (distill_modality, ["--skeleton-frames", "0"], "argument --skeleton-frames: 0 is below 1"),
         (distill_modality, ["--stgcn-width", "0"], r"argument --stgcn-width: 0 is not in \(0, inf\)"),
     ]
