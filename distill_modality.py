@@ -593,22 +593,18 @@ def train_mode(model, layers):
 
 # ============ data of each stage ============
 
-def data_folders(args, d):
-    """Fills args.rgb_dir, depth_dir, flow_dir, skeleton_dir: from the flags, from --data-root with the
-    NTU folder names, or (no data flags) from the built-in synthetic paired dataset."""
-    given = [args.data_root, args.rgb_dir, args.depth_dir, args.flow_dir, args.skeleton_dir]
-    if all(g is None for g in given):
+NTU_FOLDERS = dict(rgb_dir="nturgb+d_rgb", depth_dir="nturgb+d_depth_masked", flow_dir="nturgb+d_flow",
+                   skeleton_dir="nturgb+d_skeleton_npy")  # under --data-root; skeletons then /PROTOCOL
+
+
+def synthetic_folders(args, d):
+    """Without --data-root and the folder flags: the folders of the built-in synthetic paired dataset
+    (written once), in args.rgb_dir, depth_dir, flow_dir, skeleton_dir."""
+    if all(getattr(args, key) is None for key in ("data_root", *NTU_FOLDERS)):
         from common.synthetic import synthetic_paired_dataset
         syn = d.main_first(synthetic_paired_dataset)
-        args.rgb_dir, args.depth_dir = syn["rgb_dir"], syn["depth_dir"]
-        args.flow_dir, args.skeleton_dir = syn["flow_dir"], syn["skeleton_dir"]
-        return
-    root = args.data_root or ""
-    defaults = dict(rgb_dir="nturgb+d_rgb", depth_dir="nturgb+d_depth_masked", flow_dir="nturgb+d_flow",
-                    skeleton_dir=os.path.join("nturgb+d_skeleton_npy", args.protocol))
-    for key, sub in defaults.items():
-        if getattr(args, key) is None and args.data_root is not None:
-            setattr(args, key, os.path.join(root, sub))
+        for key in NTU_FOLDERS:
+            setattr(args, key, syn[key])
 
 
 def check_inputs(args, stages):
@@ -1401,6 +1397,11 @@ def parse_args(argv=None):
                      f"(the NTU teacher's videos come from --data-root or --source-rgb-dir / --source-flow-dir)")
     if args.stage == "all" and args.resume not in ("", "auto"):
         parser.error("--stage all resumes with --resume auto; give a checkpoint path only with a single stage")
+    if args.data_root is not None:  # the NTU layout under --data-root, for each folder flag not given
+        for key, folder in NTU_FOLDERS.items():
+            if getattr(args, key) is None:
+                sub = os.path.join(folder, args.protocol) if key == "skeleton_dir" else folder
+                setattr(args, key, os.path.join(args.data_root, sub))
     try:
         args.seeds = [int(s) for s in str(args.seeds).split(",")]
     except ValueError:
@@ -1418,7 +1419,7 @@ def main(argv=None):
     d.print(json.dumps(vars(args)))
     for line in args.presets:
         d.print(line)
-    data_folders(args, d)
+    synthetic_folders(args, d)
     t0 = time.time()
     if args.stage == "all":  # a stage runs only when its output is needed
         stages = ["finetune", "eval"]
