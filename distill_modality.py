@@ -507,44 +507,6 @@ def build_teacher(args, path):
     return encoder
 
 
-# ============ losses of the feature-supervised granularities (Sec 2.3.2, Eq. 2.1-2.5, Table 2.2) ============
-
-def feature_distance(student, teacher, loss="cosine"):
-    """Mean over the batch of Cosine_Distance(F_Target, F_RGB) = 1 - cos (Eq. 2.1), or the mean squared
-    error (Table 2.2). (B, D), (B, D) -> scalar."""
-    if loss == "cosine":
-        return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
-    return F.mse_loss(student.float(), teacher.float())
-
-
-def video_feature(clip_features, num_clips):
-    """Eq. 2.3: F_video = 1/N sum_i F_i over the N clips of each video.
-
-    clip_features (B, N_max, D) padded, num_clips (B,) -> (B, D)."""
-    mask = (torch.arange(clip_features.shape[1], device=clip_features.device).view(1, -1)
-            < num_clips.view(-1, 1)).to(clip_features.dtype)
-    return (clip_features * mask.unsqueeze(-1)).sum(1) / num_clips.view(-1, 1).to(clip_features.dtype)
-
-
-def granularity_loss(student, teacher_clip, teacher_video, granularity, loss="cosine"):
-    """Sum over matched layers of the granularity's loss. Lists (one (B, D_l) per layer):
-    student  F_Target (a clip feature for depth, a whole-sequence feature for skeletons),
-    teacher_clip  F_RGB^clip of the paired clip (clip2clip, combined), teacher_video  F_RGB^video (Eq. 2.3).
-
-    clip2clip (Eq. 2.1): L(F_Target^clip, F_RGB^clip)
-    video2clip (Eq. 2.2): L(F_Target^clip, F_RGB^video)
-    combined (Eq. 2.4): the sum of the two
-    video2video (Eq. 2.5): L(F_Target^video, F_RGB^video)
-    """
-    total = 0.0
-    for l, s in enumerate(student):
-        if granularity in ("clip2clip", "combined"):
-            total = total + feature_distance(s, teacher_clip[l], loss)
-        if granularity in ("video2clip", "combined", "video2video"):
-            total = total + feature_distance(s, teacher_video[l], loss)
-    return total
-
-
 # ============ few labels (Sec 2.4.3, Sec 2.5) ============
 
 def per_class_subset(labels, k, seed, fraction=1.0):
@@ -735,7 +697,7 @@ def skeleton_split(args, split):
     return dataset
 
 
-# ============ stages ============
+# ============ stages: folders, the epoch loop every stage shares, and the teacher (Sec 2.4.2) ============
 
 def stage_dir(args, stage, seed=None):
     if stage in ("teacher", "transfer"):
@@ -920,6 +882,45 @@ def teacher_path(args):
 # ----- stage 2: cross-modal transfer (Sec 2.3) -----
 
 @torch.no_grad()
+# ============ the transfer stage (Sec 2.3.2): the granularities' losses (Eq. 2.1-2.5, Table 2.2), the
+# teacher's video features (Eq. 2.3) and the step ============
+
+def feature_distance(student, teacher, loss="cosine"):
+    """Mean over the batch of Cosine_Distance(F_Target, F_RGB) = 1 - cos (Eq. 2.1), or the mean squared
+    error (Table 2.2). (B, D), (B, D) -> scalar."""
+    if loss == "cosine":
+        return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
+    return F.mse_loss(student.float(), teacher.float())
+
+
+def video_feature(clip_features, num_clips):
+    """Eq. 2.3: F_video = 1/N sum_i F_i over the N clips of each video.
+
+    clip_features (B, N_max, D) padded, num_clips (B,) -> (B, D)."""
+    mask = (torch.arange(clip_features.shape[1], device=clip_features.device).view(1, -1)
+            < num_clips.view(-1, 1)).to(clip_features.dtype)
+    return (clip_features * mask.unsqueeze(-1)).sum(1) / num_clips.view(-1, 1).to(clip_features.dtype)
+
+
+def granularity_loss(student, teacher_clip, teacher_video, granularity, loss="cosine"):
+    """Sum over matched layers of the granularity's loss. Lists (one (B, D_l) per layer):
+    student  F_Target (a clip feature for depth, a whole-sequence feature for skeletons),
+    teacher_clip  F_RGB^clip of the paired clip (clip2clip, combined), teacher_video  F_RGB^video (Eq. 2.3).
+
+    clip2clip (Eq. 2.1): L(F_Target^clip, F_RGB^clip)
+    video2clip (Eq. 2.2): L(F_Target^clip, F_RGB^video)
+    combined (Eq. 2.4): the sum of the two
+    video2video (Eq. 2.5): L(F_Target^video, F_RGB^video)
+    """
+    total = 0.0
+    for l, s in enumerate(student):
+        if granularity in ("clip2clip", "combined"):
+            total = total + feature_distance(s, teacher_clip[l], loss)
+        if granularity in ("video2clip", "combined", "video2video"):
+            total = total + feature_distance(s, teacher_video[l], loss)
+    return total
+
+
 def teacher_video_features(args, d, teacher, paths, layers, cache):
     """F_RGB^video (Eq. 2.3) of every pair's teacher-modality video, one (P, D_l) tensor per matched layer.
 
@@ -1036,6 +1037,8 @@ def run_transfer(args, d):
 
 
 # ----- stage 3: finetuning with few labels (Sec 2.4.3) -----
+
+# ============ finetuning with few labels and evaluation (Sec 2.4.3, 2.5) ============
 
 def labeled_data(args, split):
     """(dataset, labels, names) of the target modality's `split`."""
