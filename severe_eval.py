@@ -2188,8 +2188,7 @@ def finish(args, d, setup_name, out_dir, result, info, epochs, t_start):
     record = dict(name=name, setup=setup_name, protocol=args.protocol, task=args.task, **result,
                   checkpoint=info.get("checkpoint") or args.checkpoint, checkpoint_sha256=info.get("sha256"),
                   format=info.get("format"), backbone=info.get("backbone"), train_videos=info.get("train_videos"),
-                  epochs=epochs,
-                  seconds=round(time.time() - t_start, 1), args=vars(args))
+                  epochs=epochs, seconds=round(time.time() - t_start, 1), args=vars(args))
     if d.main:
         path = result_path(args, out_dir, setup_name)
         with open(path, "w") as f:
