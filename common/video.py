@@ -75,7 +75,9 @@ def _decode_range(path, wanted, seek_to, last, short_side):
                 first_seen = index
             if index in wanted and index not in frames:
                 width, height = _output_size(frame.width, frame.height, short_side)
-                frames[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
+                # threads=1: PyAV keeps one swscale context per thread; one with slice threads, made in a
+                # process that then forks DataLoader workers, hangs the worker that resizes with it
+                frames[index] = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
             if index >= last:
                 break
     return frames, first_seen

@@ -1,4 +1,9 @@
 """Tests of common/video.py on small mp4 (h264 with B-frames) and avi (mpeg4) files."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import av
 import numpy as np
 import pytest
@@ -288,3 +293,30 @@ def test_counter_check_waits_for_min_reads():
     counter.record_failure("y.mp4", "boom")
     with pytest.raises(RuntimeError, match=r"2 of 21 video reads failed \(9\.5%"):
         counter.check()
+
+
+def test_workers_forked_after_a_resize_in_the_main_process_do_not_hang(tmp_path):
+    """PyAV keeps one swscale context per thread. One made with slice threads in the main process (a
+    resized read there: an evaluation, --save-examples, an in-process test) was inherited by forked
+    DataLoader workers, and the first worker to resize to another size waited forever for threads
+    that do not exist in it (this suite hung here). In a fresh process, so the state is known."""
+    script = textwrap.dedent(f"""
+        import numpy as np, torch
+        from common.synthetic import write_mp4
+        from common.video import read_clip
+        path = {str(tmp_path / "v.mp4")!r}
+        write_mp4(path, np.random.default_rng(0).integers(0, 255, (12, 120, 160, 3), dtype=np.uint8))
+        read_clip(path, [0, 1], short_side=60)  # the main thread's context
+
+        class Frames(torch.utils.data.Dataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                return torch.from_numpy(read_clip(path, [i], short_side=32 + i))  # other sizes
+
+        assert len(list(torch.utils.data.DataLoader(Frames(), num_workers=2))) == 4
+        """)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
