@@ -697,7 +697,7 @@ def skeleton_split(args, split):
     return dataset
 
 
-# ============ stages: folders, the epoch loop every stage shares, and the teacher (Sec 2.4.2) ============
+# ============ stages ============
 
 def stage_dir(args, stage, seed=None):
     if stage in ("teacher", "transfer"):
@@ -879,11 +879,8 @@ def teacher_path(args):
     return path
 
 
-# ----- stage 2: cross-modal transfer (Sec 2.3) -----
-
-@torch.no_grad()
-# ============ the transfer stage (Sec 2.3.2): the granularities' losses (Eq. 2.1-2.5, Table 2.2), the
-# teacher's video features (Eq. 2.3) and the step ============
+# ----- stage 2: cross-modal transfer (Sec 2.3): the granularities' losses (Eq. 2.1-2.5, Table 2.2),
+# the teacher's video features (Eq. 2.3) and the transfer step -----
 
 def feature_distance(student, teacher, loss="cosine"):
     """Mean over the batch of Cosine_Distance(F_Target, F_RGB) = 1 - cos (Eq. 2.1), or the mean squared
@@ -921,6 +918,7 @@ def granularity_loss(student, teacher_clip, teacher_video, granularity, loss="co
     return total
 
 
+@torch.no_grad()
 def teacher_video_features(args, d, teacher, paths, layers, cache):
     """F_RGB^video (Eq. 2.3) of every pair's teacher-modality video, one (P, D_l) tensor per matched layer.
 
@@ -1037,8 +1035,6 @@ def run_transfer(args, d):
 
 
 # ----- stage 3: finetuning with few labels (Sec 2.4.3) -----
-
-# ============ finetuning with few labels and evaluation (Sec 2.4.3, 2.5) ============
 
 def labeled_data(args, split):
     """(dataset, labels, names) of the target modality's `split`."""

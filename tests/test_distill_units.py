@@ -151,6 +151,10 @@ def test_granularity_losses_by_hand():
     # --match-layers all: the sum over layers
     two = dm.granularity_loss(student * 2, None, video * 2, "video2clip").item()
     assert two == pytest.approx(2 * v2c)
+    # the loss trains the student: its gradient flows (a misplaced @torch.no_grad() once cut it)
+    student = [torch.tensor([[1.0, 0.0]], requires_grad=True)]
+    dm.granularity_loss(student, clip, video, "combined").backward()
+    assert student[0].grad is not None and student[0].grad.abs().sum() > 0
 
 
 # ============ few labels and finetuning (Sec 2.4.3) ============
