@@ -1,9 +1,10 @@
 """The built-in synthetic worlds, each written in the real on-disk format of the data it stands for.
 
-Videos (synthetic_video_dataset): each class is a motion pattern; one or two textured objects move that way over a static textured
-background. Object shapes, textures, colours, sizes, positions and backgrounds are random per
-video and independent of the class, so only the motion tells classes apart: a tiny stand-in for
-the motion-sensitive benchmarks of the thesis, for tests and quick runs without downloads.
+Videos (synthetic_video_dataset): each class is a motion pattern; one or two textured objects move
+that way over a static textured background. Object shapes, textures, colours, sizes, positions and
+backgrounds are random per video and independent of the class, so only the motion tells classes
+apart: a tiny stand-in for the motion-sensitive benchmarks of the thesis, for tests and quick runs
+without downloads.
 With background="grey-noise" every background is blurred colour noise of one colour statistic
 instead (the world of the tubelet-contrast miniature, README Chapter 5).
 

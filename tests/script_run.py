@@ -82,3 +82,13 @@ def run_main(module, args, check=True, cwd=REPO, threads=None):
     if check and code != 0:
         raise AssertionError(f"exit {code}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_process(script, args, check=True, timeout=900):
+    """`OMP_NUM_THREADS=1 python SCRIPT ARGS` in a real process, from the repository: the README's
+    commands. Raises AssertionError with the output when check and the return code is not 0."""
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc

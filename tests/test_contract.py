@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -26,17 +25,7 @@ import tubelet_contrast  # noqa: E402
 from common import engine  # noqa: E402
 from common.synthetic import write_avi  # noqa: E402
 from common.video import drop_missing  # noqa: E402
-from tests.script_run import run_main  # noqa: E402
-
-
-def run(script, args, check=True, timeout=900):
-    """`python SCRIPT ARGS` in a real process: the README's commands (other command lines of the
-    suite run in process, tests/script_run.py)."""
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
+from tests.script_run import run_main, run_process as run  # noqa: E402
 
 
 # ============ a flag given wins over every preset ============
@@ -233,10 +222,14 @@ def _ucf101_miniature(root, ann, train_videos=32, test_videos=26, missing=4, tra
         (ann / "ucf101" / name).write_bytes(open(src, "rb").read())
 
     def listed(name, count, classes=2):
+        """The first videos of the first `classes` classes of the list, `count` in all, split evenly."""
         lines = [l.split()[0] for l in open(os.path.join(ANNOTATIONS, "ucf101", name)) if l.strip()]
-        names = [l.split()[1] for l in open(os.path.join(ANNOTATIONS, "ucf101", "classInd.txt")) if l.strip()]
-        return [l for c, name in enumerate(names[:classes])
-                for l in [l for l in lines if l.startswith(name + "/")][:count // classes + (c < count % classes)]]
+        class_names = [l.split()[1] for l in open(os.path.join(ANNOTATIONS, "ucf101", "classInd.txt")) if l.strip()]
+        chosen = []
+        for c, class_name in enumerate(class_names[:classes]):
+            of_class = [l for l in lines if l.startswith(class_name + "/")]
+            chosen += of_class[:count // classes + (c < count % classes)]
+        return chosen
 
     rng = np.random.default_rng(0)
     written = []

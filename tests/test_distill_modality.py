@@ -11,7 +11,7 @@ from torchvision.models.video import r3d_18
 
 import distill_modality as dm
 from common.synthetic import synthetic_paired_dataset
-from tests.script_run import run_main
+from tests.script_run import run_main, run_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny everything: 4-frame clips of 16 x 16, one epoch per stage, 1 label per class.
@@ -199,11 +199,10 @@ def test_readme_table_2_1_command_on_an_ntu_miniature(data, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:2000])
     out = tmp_path / "t21_rgb"
     ntu = ["--data-root", str(root), "--workers", "8", "--amp", "--seeds", "0,1,2,3,4"]
-    proc = subprocess.run([sys.executable, "distill_modality.py", *ntu, "--teacher-modality", "rgb", "--granularity",
-                           "video2clip", "--per-class", "20", "--out-dir", str(out),
-                           "--epochs", "1", "--clip-len", "4", "--short-side", "18", "--crop-size", "16"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_process("distill_modality.py", [*ntu, "--teacher-modality", "rgb", "--granularity", "video2clip",
+                                               "--per-class", "20", "--out-dir", str(out),
+                                               "--epochs", "1", "--clip-len", "4", "--short-side", "18",
+                                               "--crop-size", "16"])
     assert f"skipping unreadable video {truncated}" in proc.stderr
     assert "unmatched pairs" in proc.stderr and all(p.name.split("_")[0] in proc.stderr for p in missing)
     r = json.load(open(out / "results_transfer_k20.json"))
